@@ -1,0 +1,16 @@
+"""Amortized guides ``q(z | x)`` for PACT models: halting heads on the model's own activations."""
+
+from .halting_guide import HaltingGuide
+from .relaxed_bernoulli import RelaxedBernoulliGuide, StraightThroughGuide
+
+GUIDES = {"relaxed": RelaxedBernoulliGuide, "straight-through": StraightThroughGuide}
+
+
+def get_guide(name: str, model, **kwargs) -> HaltingGuide:
+    """Build a guide by name: ``relaxed`` (Concrete) or ``straight-through``."""
+    if name not in GUIDES:
+        raise ValueError(f"guide must be one of {sorted(GUIDES)}, got {name!r}")
+    return GUIDES[name](model, **kwargs)
+
+
+__all__ = ["HaltingGuide", "RelaxedBernoulliGuide", "StraightThroughGuide", "GUIDES", "get_guide"]

@@ -1,0 +1,149 @@
+"""``pact-pyro`` command line: ``train``, ``evaluate``, ``flops``.
+
+User errors (bad flags, missing data, an existing run directory) print one line ``pact-pyro: error: …`` and
+exit with status 2; nothing on disk is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_float(text: str) -> float:
+    return float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="pact-pyro",
+        description="Probabilistic Adaptive Computation Time (PACT) in Pyro: train, evaluate, count FLOPs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and evaluate it by thresholding",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default=d.dataset, help="mnist, fashion-mnist or cifar10")
+    t.add_argument("--depth", type=int, default=d.depth, help="ResNet depth 6n+2 (3 blocks of n units)")
+    t.add_argument("--method", default=d.method, help="pact (halting latents), act or plain")
+    t.add_argument("--prior", default=d.prior, help="computation prior p(N): geometric, uniform or poisson")
+    t.add_argument("--tau", type=float, default=d.tau, help="time penalty τ of the geometric prior (nats per unit)")
+    t.add_argument("--poisson-rate", type=float, default=d.poisson_rate, help="rate of the truncated Poisson prior")
+    t.add_argument("--guide", default=d.guide, help="relaxed (Concrete) or straight-through")
+    t.add_argument("--temperature", type=float, default=d.temperature, help="Concrete temperature λ")
+    t.add_argument("--tau-warmup", type=float, default=d.tau_warmup,
+                   help="fraction of training over which the prior's weight ramps from 0 to 1")
+    t.add_argument("--epochs", type=float, default=d.epochs, help="training epochs (fractions allowed)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
+    t.add_argument("--optimizer", default=d.optimizer, help="adam (one-cycle LR) or sgd (momentum, step decay)")
+    t.add_argument("--lr", type=float, default=d.lr, help="(peak) learning rate")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
+    t.add_argument("--augment", action="store_true", help="random crop and flip (CIFAR)")
+    t.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of this size")
+    t.add_argument("--test-subset", type=int, default=None, help="evaluate on a fixed random subset of this size")
+    t.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
+    t.add_argument("--out", required=True, help="run directory to create")
+    t.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
+    t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    e = sub.add_parser("evaluate", help="evaluate a run directory on the test set, print JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("run_dir", help="a run directory written by train")
+    e.add_argument("--mode", default="threshold", help="threshold (deterministic) or sample (z ~ q)")
+    e.add_argument("--threshold", type=float, default=0.5, help="halting threshold on h")
+    e.add_argument("--predictions", default=None, help="write per-example label, prediction and units to this CSV")
+    e.add_argument("--data-root", default=None, help="dataset folder (default: the run's, $PACT_PYRO_DATA, ./data)")
+    e.add_argument("--test-subset", type=int, default=None, help="evaluate on a fixed random subset")
+    e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    e.add_argument("--seed", type=int, default=0, help="seed of sampled evaluation")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    f = sub.add_parser("flops", help="FLOPs of a network by SACT's rules, print JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--dataset", default="cifar10", help="mnist, fashion-mnist or cifar10 (sets the input shape)")
+    f.add_argument("--depth", type=int, default=32, help="ResNet depth 6n+2")
+    f.add_argument("--method", default="pact", help="pact/act (with halting heads) or plain")
+    return p
+
+
+def _evaluate(run_dir, mode, thr, predictions, data_root, test_subset, batch_size, seed, device, progress) -> dict:
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .train import load_run
+
+    model, guide, cfg = load_run(run_dir, device)
+    data = load_dataset(cfg.dataset, False, data_root or cfg.data_root).subset(test_subset, 0)
+    return evaluate(model, guide, data, mode, thr, batch_size, seed, predictions, progress)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(
+            dataset=args.dataset, depth=args.depth, method=args.method, prior=args.prior, tau=args.tau,
+            poisson_rate=args.poisson_rate, guide=args.guide, temperature=args.temperature,
+            tau_warmup=args.tau_warmup, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+            lr=args.lr, weight_decay=args.weight_decay, augment=args.augment, train_subset=args.train_subset,
+            test_subset=args.test_subset, seed=args.seed, device=args.device, data_root=args.data_root,
+        )
+        out = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        print(f"run directory: {out}", file=sys.stderr)
+        if not args.no_eval:
+            res = _evaluate(out, "threshold", 0.5, None, args.data_root, args.test_subset, 256, 0, args.device,
+                            not args.no_progress)
+            (out / "eval_threshold.json").write_text(json.dumps(res, indent=2))
+            print(json.dumps(res))
+        return 0
+    if args.command == "evaluate":
+        res = _evaluate(args.run_dir, args.mode, args.threshold, args.predictions, args.data_root,
+                        args.test_subset, args.batch_size, args.seed, args.device, not args.no_progress)
+        print(json.dumps(res))
+        return 0
+    if args.command == "flops":
+        return _flops(args)
+    raise AssertionError(args.command)
+
+
+def _flops(args) -> int:
+    from .data import DATASETS
+    from .flops import FlopTable
+    from .train import TrainConfig, build
+
+    cfg = TrainConfig(dataset=args.dataset, depth=args.depth, method="pact")
+    cfg.validate()
+    if args.method not in ("pact", "act", "plain"):
+        raise ValueError(f"method must be one of ['act', 'pact', 'plain'], got {args.method!r}")
+    model, guide = build(cfg)
+    c, s = DATASETS[args.dataset][0], DATASETS[args.dataset][1]
+    table = FlopTable.measure(model.backbone, (c, s, s), None if args.method == "plain" else guide.heads)
+    print(json.dumps({"dataset": args.dataset, "depth": args.depth, "method": args.method,
+                      "flops_full": table.full, **table.to_dict()}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as err:
+        parser.exit(2, f"pact-pyro: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "pact-pyro: interrupted\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Evaluate a trained run on a test set: accuracy, FLOPs (mean, std, full) and units per block."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import TensorData, batches
+from .flops import FlopTable
+from .threshold import threshold
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    guide,
+    data: TensorData,
+    mode: str = "threshold",
+    threshold_value: float = 0.5,
+    batch_size: int = 256,
+    seed: int = 0,
+    predictions: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """One JSON-ready dict: ``accuracy``, ``flops_mean``, ``flops_std``, ``flops_full``, ``units_mean``
+    (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction and units (CSV)."""
+    device = next(model.backbone.parameters()).device
+    C, H, W = data.images.shape[1:]
+    table = FlopTable.for_model(model, (C, H, W), guide)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    preds, units, flops = [], [], []
+    for x, _ in tqdm(batches(data, batch_size, device=device), desc=f"evaluate ({mode})", disable=not progress,
+                     total=-(-len(data) // batch_size)):
+        r = threshold(model, guide, x, threshold_value, mode, gen, table)
+        preds.append(r.logits.argmax(-1).cpu())
+        units.append(r.units.cpu())
+        flops.append(r.flops.cpu())
+    pred, units, flops = torch.cat(preds), torch.cat(units), torch.cat(flops).double()
+    if predictions is not None:
+        with open(predictions, "w") as f:
+            f.write("index,label,prediction," + ",".join(f"units_{b}" for b in range(units.shape[1])) + ",flops\n")
+            for i in range(len(pred)):
+                row = [i, int(data.labels[i]), int(pred[i]), *units[i].tolist(), int(flops[i])]
+                f.write(",".join(map(str, row)) + "\n")
+    return {
+        "accuracy": float((pred == data.labels).double().mean()),
+        "flops_mean": float(flops.mean()),
+        "flops_std": float(flops.std(unbiased=False)),
+        "flops_full": int(table.full),
+        "flops_ratio": float(flops.mean() / table.full),
+        "units_mean": units.double().mean(0).tolist(),
+        "units_max": [len(b) for b in table.units],
+        "examples": len(pred),
+        "mode": mode,
+    }
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result)

@@ -1,0 +1,112 @@
+"""Halting algebra of a block of ``L`` residual units (pure torch, no Pyro).
+
+Notation (PACT; pact-notes.md §1). A block runs units ``l = 1..L``. Halting variables
+``z_l ∈ {0, 1}`` for ``l = 1..L-1`` (``z_L := 1``: the last unit always halts) define
+
+* still-running indicators  ``e_l = ∏_{i<l} (1 - z_i)``           (``e_1 = 1``),
+* stick-breaking weights    ``w_l = z_l e_l``                     (``Σ_l w_l = 1``),
+* executed-unit count       ``N = min{l : z_l = 1} = Σ_l e_l = Σ_l l·w_l``.
+
+The block output is ``u^N = Σ_l w_l u^l``. For relaxed ``z ∈ [0, 1]`` (Concrete samples) the same
+formulas give the relaxed mixture and the relaxed count ``Ñ``. Because ``u^l = u^{l-1} + F_l(u^{l-1})``,
+``Σ_l w_l u^l = u^1 + Σ_{l≥2} e_l F_l(u^{l-1})``: one accumulator, no stack of unit outputs
+(:func:`mix_residuals`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "still_running",
+    "stick_breaking",
+    "expected_units",
+    "threshold_units",
+    "units_to_z",
+    "mix_residuals",
+]
+
+
+def _check_halting(z: torch.Tensor, name: str) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() < 1:
+        raise ValueError(f"{name} must have a trailing unit dimension [..., L-1], got shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {z.dtype}")
+
+
+def still_running(z: torch.Tensor) -> torch.Tensor:
+    """Still-running indicators ``e_l = ∏_{i<l}(1 - z_i)``.
+
+    :param z: halting values ``[..., L-1]`` in ``[0, 1]``.
+    :returns: ``e`` of shape ``[..., L]``, with ``e_1 = 1``.
+    """
+    _check_halting(z, "z")
+    ones = torch.ones(z.shape[:-1] + (1,), dtype=z.dtype, device=z.device)
+    return torch.cumprod(torch.cat([ones, 1 - z], dim=-1), dim=-1)
+
+
+def stick_breaking(z: torch.Tensor) -> torch.Tensor:
+    """Stick-breaking weights ``w_l = z_l ∏_{i<l}(1 - z_i)`` with ``z_L := 1``.
+
+    :param z: halting values ``[..., L-1]`` in ``[0, 1]``.
+    :returns: ``w`` of shape ``[..., L]``; ``Σ_l w_l = 1`` exactly (the last weight takes the rest).
+        At binary ``z`` it is one-hot at ``N``.
+    """
+    e = still_running(z)
+    ones = torch.ones(z.shape[:-1] + (1,), dtype=z.dtype, device=z.device)
+    return torch.cat([z, ones], dim=-1) * e
+
+
+def expected_units(w: torch.Tensor) -> torch.Tensor:
+    """Executed-unit count ``Ñ = Σ_l l·w_l`` (exactly ``N`` at binary ``z``).
+
+    :param w: stick-breaking weights ``[..., L]``.
+    :returns: ``[...]``.
+    """
+    _check_halting(w, "w")
+    n = torch.arange(1, w.shape[-1] + 1, dtype=w.dtype, device=w.device)
+    return (w * n).sum(-1)
+
+
+def threshold_units(h: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Deterministic test-time rule: ``N = min{l : h_l ≥ threshold}``, else ``L``.
+
+    :param h: halting probabilities ``[..., L-1]`` of units ``1..L-1``.
+    :param threshold: in ``(0, 1]``; 0.5 is the mode of each Bernoulli ``q(z_l | x)``.
+    :returns: LongTensor ``[...]`` of 1-based unit counts.
+    """
+    _check_halting(h, "h")
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    last = torch.ones(h.shape[:-1] + (1,), dtype=torch.bool, device=h.device)
+    halt = torch.cat([h >= threshold, last], dim=-1)  # [..., L], unit L always halts
+    return halt.to(torch.int64).argmax(dim=-1) + 1  # argmax returns the first maximum
+
+
+def units_to_z(n: torch.Tensor, L: int, dtype: torch.dtype = torch.get_default_dtype()) -> torch.Tensor:
+    """Binary halting values ``z_l = 1[l = N]`` (``[..., L-1]``) for unit counts ``n ∈ {1..L}``.
+
+    Entries after ``N`` do not enter any quantity above; they are set to 0.
+    """
+    if L < 1:
+        raise ValueError(f"L must be >= 1, got {L}")
+    ls = torch.arange(1, L, device=n.device)
+    return (n.unsqueeze(-1) == ls).to(dtype)
+
+
+def mix_residuals(first: torch.Tensor, residuals: Sequence[torch.Tensor], e: torch.Tensor) -> torch.Tensor:
+    """Relaxed block output ``Σ_l w_l u^l = u^1 + Σ_{l≥2} e_l F_l(u^{l-1})``.
+
+    :param first: ``u^1`` ``[B, ...]``.
+    :param residuals: ``F_2 .. F_L``, each ``[B, ...]`` (the residual branches of units 2..L).
+    :param e: still-running indicators ``[B, L]``.
+    :returns: ``[B, ...]``.
+    """
+    out = first
+    for k, f in enumerate(residuals, start=1):
+        out = out + e[:, k].reshape((-1,) + (1,) * (f.dim() - 1)) * f
+    return out

@@ -1,0 +1,84 @@
+"""The pre-activation CIFAR ResNet of SACT/PACT (depth ``6n + 2``), split into ``B = 3`` blocks of ``L = n`` units.
+
+Widths 16/32/64; the first unit of blocks 2 and 3 has stride 2; stem ``conv3x3(in → 16)``; classifier
+``BN → act → global average pool → linear``. Works for 1-channel 28×28 (MNIST) and 3-channel 32×32 (CIFAR)
+inputs, and any other size ≥ 4×4.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .units import BN_EPS, PreActUnit, conv3x3, make_activation
+
+__all__ = ["ResNetBackbone", "resnet_units_per_block"]
+
+
+def resnet_units_per_block(depth: int) -> int:
+    """``n`` for a CIFAR ResNet of depth ``6n + 2`` (20 → 3, 32 → 5, 110 → 18)."""
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110, ...), got {depth!r}")
+    return (depth - 2) // 6
+
+
+class ResNetBackbone(nn.Module):
+    """Stem, ``B`` blocks of residual units, classifier. No halting, no Pyro.
+
+    :param units: ``L_b`` for each block (e.g. ``[5, 5, 5]`` for ResNet-32).
+    :param widths: channels of each block. :param in_channels: input channels. :param num_classes: classes.
+    """
+
+    def __init__(
+        self,
+        units: list[int],
+        widths: tuple[int, ...] = (16, 32, 64),
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if len(units) != len(widths) or any(L < 1 for L in units):
+            raise ValueError(f"units must give L_b >= 1 for each of the {len(widths)} blocks, got {units}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.units_per_block = list(units)
+        self.widths = tuple(widths)
+        self.stem = conv3x3(in_channels, widths[0])
+        blocks = []
+        c = widths[0]
+        for b, (L, w) in enumerate(zip(units, widths, strict=True)):
+            stride = 1 if b == 0 else 2
+            blocks.append(nn.ModuleList([PreActUnit(c if l == 0 else w, w, stride if l == 0 else 1) for l in range(L)]))
+            c = w
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = nn.Sequential(
+            nn.BatchNorm2d(c, eps=BN_EPS),
+            make_activation(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(c, num_classes),
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming ``x`` when it is not ``[B, in_channels, H, W]`` floating point and finite."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape [B, {self.in_channels}, H, W] for this network, got {tuple(x.shape)}"
+            )
+        if x.shape[0] < 1 or x.shape[2] < 4 or x.shape[3] < 4:
+            raise ValueError(f"x must hold >= 1 image of at least 4x4 pixels, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point, got dtype {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The full network (every unit): ``[B, C_in, H, W] → logits [B, classes]``."""
+        u = self.stem(x)
+        for block in self.blocks:
+            for unit in block:
+                u = unit(u)
+        return self.classifier(u)

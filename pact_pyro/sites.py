@@ -1,0 +1,42 @@
+"""The model ↔ guide contract: plate and site names shared by every PACT model and guide.
+
+Blocks ``b`` and units ``l`` are 0-based in names and 1-based in the maths (``z_0`` holds
+``z^1..z^{L-1}`` of the first block).
+
+=====================  ===========================  =======================================
+site                   shape (inside plate "data")  meaning
+=====================  ===========================  =======================================
+``u_{b}_{l}``          ``[B, C, H, W]``             ``u^{l+1}``, the activation after unit ``l+1``
+                                                    (deterministic; read by the guide's heads)
+``z_{b}``              ``[B, L_b - 1]``             halting values ``z^1..z^{L-1}`` of block ``b``
+``units_{b}``          ``[B]``                      ``Ñ_b = Σ_l e_l`` (deterministic)
+``y``                  ``[B]``                      the label (observed when given)
+=====================  ===========================  =======================================
+"""
+
+from __future__ import annotations
+
+__all__ = ["DATA_PLATE", "halting_site", "activation_site", "units_site", "parse_halting_site", "OBS_SITE"]
+
+DATA_PLATE = "data"
+OBS_SITE = "y"
+
+
+def halting_site(block: int) -> str:
+    return f"z_{block}"
+
+
+def activation_site(block: int, unit: int) -> str:
+    """Name of ``u^{unit+1}`` of ``block`` (``unit`` 0-based)."""
+    return f"u_{block}_{unit}"
+
+
+def units_site(block: int) -> str:
+    return f"units_{block}"
+
+
+def parse_halting_site(name: str) -> int | None:
+    """The block index of a halting site name, or ``None`` for any other site."""
+    if name.startswith("z_") and name[2:].isdigit():
+        return int(name[2:])
+    return None
