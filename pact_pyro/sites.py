@@ -12,11 +12,23 @@ site                   shape (inside plate "data")  meaning
 ``units_{b}``          ``[B]``                      ``Ñ_b = Σ_l e_l`` (deterministic)
 ``y``                  ``[B]``                      the label (observed when given)
 =====================  ===========================  =======================================
+
+Recurrent models (pondering LSTM; input step ``t``, 0-based, ``M`` ponder steps at most):
+
+=====================  ===========================  =======================================
+``ponder_s_{t}``       ``[B, M - 1, 2H]``           ``[h, c]`` of ``s_t^1..s_t^{M-1}`` (deterministic)
+``ponder_z_{t}``       ``[B, M - 1]``               halting values ``z_t^1..z_t^{M-1}``
+``ponder_units_{t}``   ``[B]``                      ``Ñ_t`` (PACT) or ``N_t + R_t`` (ACT), deterministic
+``act_cost``           ``[B]``                      ACT's ``-τ Σ_t (N_t + R_t)`` (a factor)
+=====================  ===========================  =======================================
 """
 
 from __future__ import annotations
 
 __all__ = ["DATA_PLATE", "halting_site", "activation_site", "units_site", "parse_halting_site", "OBS_SITE"]
+__all__ += ["ponder_state_site", "ponder_halting_site", "ponder_units_site", "parse_ponder_site", "ACT_COST_SITE"]
+
+ACT_COST_SITE = "act_cost"
 
 DATA_PLATE = "data"
 OBS_SITE = "y"
@@ -39,4 +51,24 @@ def parse_halting_site(name: str) -> int | None:
     """The block index of a halting site name, or ``None`` for any other site."""
     if name.startswith("z_") and name[2:].isdigit():
         return int(name[2:])
+    return None
+
+
+def ponder_state_site(step: int) -> str:
+    """Pondered states ``[h, c]`` of input step ``step`` (0-based) read by a recurrent guide's head."""
+    return f"ponder_s_{step}"
+
+
+def ponder_halting_site(step: int) -> str:
+    return f"ponder_z_{step}"
+
+
+def ponder_units_site(step: int) -> str:
+    return f"ponder_units_{step}"
+
+
+def parse_ponder_site(name: str) -> int | None:
+    """The input step of a recurrent halting site name (``ponder_z_{t}``), or ``None``."""
+    if name.startswith("ponder_z_") and name[9:].isdigit():
+        return int(name[9:])
     return None
