@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", default="cifar10", help="mnist, fashion-mnist or cifar10 (sets the input shape)")
     f.add_argument("--depth", type=int, default=32, help="ResNet depth 6n+2")
     f.add_argument("--method", default="pact", help="pact/act (with halting heads) or plain")
+    r = sub.add_parser("report", help="diagnostic plots and a Markdown/HTML summary of a PACT run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("run_dir", help="a run directory written by train")
+    r.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    r.add_argument("--test-subset", type=int, default=2000, help="fixed random test subset (0: whole test set)")
+    r.add_argument("--num-samples", type=int, default=8, help="draws z ~ q per test example")
+    r.add_argument("--sweep", nargs="*", default=None, help="sweep CSVs to plot (default: results/*.csv if any)")
+    r.add_argument("--data-root", default=None, help="dataset folder (default: the run's, $PACT_PYRO_DATA)")
+    r.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     return p
 
 
@@ -114,6 +125,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "flops":
         return _flops(args)
+    if args.command == "report":
+        from .report import write_report
+
+        out = write_report(args.run_dir, args.out, args.test_subset or None, args.num_samples, args.sweep,
+                           args.data_root, args.batch_size, args.seed, args.device)
+        print(f"report: {out / 'index.html'}")
+        return 0
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,257 @@
+"""Figures of the halting posterior, made from the :class:`arviz.InferenceData` of
+:func:`pact_pyro.diagnostics.to_inference_data`. Every function returns a ``matplotlib.figure.Figure``.
+
+matplotlib is imported lazily. In a script, select a non-interactive backend first (``pact-pyro report`` uses
+``Agg``); in a notebook the figures display inline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .diagnostics import class_units, import_arviz, predictive_entropy, reliability
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_units_histogram",
+    "plot_halting_probabilities",
+    "plot_class_units",
+    "plot_reliability",
+    "plot_units_vs_entropy",
+    "plot_extreme_examples",
+    "read_sweep",
+    "plot_tradeoff",
+]
+
+_THR = "#1f77b4"  # thresholded
+_SMP = "#ff7f0e"  # sampled
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _blocks(idata) -> list[int]:
+    import json
+
+    return json.loads(idata.attrs["units_per_block"])
+
+
+def plot_units_histogram(idata) -> Figure:
+    """One panel per block: the fraction of examples that executed ``N = 1..L`` units, thresholded (bars)
+    and sampled from ``q`` (outlined bars)."""
+    plt = _plt()
+    L = _blocks(idata)
+    thr = idata.constant_data["thresholded_units"].values
+    smp = idata.posterior["units"].values.reshape(-1, len(L))
+    fig, axes = plt.subplots(1, len(L), figsize=(3.2 * len(L), 3.0), sharey=True, squeeze=False)
+    for b, ax in enumerate(axes[0]):
+        n = np.arange(1, L[b] + 1)
+        ft = np.array([(thr[:, b] == k).mean() for k in n])
+        fs = np.array([(smp[:, b] == k).mean() for k in n])
+        ax.bar(n - 0.18, ft, width=0.36, color=_THR, label="thresholded (h ≥ 0.5)")
+        ax.bar(n + 0.18, fs, width=0.36, facecolor="none", edgecolor=_SMP, hatch="//", label="sampled z ~ q")
+        ax.set_xticks(n)
+        ax.set_xlabel("units executed N")
+        ax.set_title(f"block {b + 1} (L = {L[b]}): mean N̂ = {thr[:, b].mean():.2f}", fontsize=10)
+        ax.set_ylim(0, 1.05)
+    axes[0, 0].set_ylabel("fraction of examples")
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_halting_probabilities(idata, bins: int = 20) -> Figure:
+    """One panel per block: histogram (log count) of the halting probabilities ``h`` the thresholded rule
+    evaluated. With no entropy term in the objective they should pile up near 0 and 1."""
+    from .diagnostics import _reached_heads
+
+    plt = _plt()
+    L = _blocks(idata)
+    h = idata.constant_data["halting_prob"].values
+    mask = _reached_heads(idata)
+    fig, axes = plt.subplots(1, len(L), figsize=(3.2 * len(L), 3.0), sharey=True, squeeze=False)
+    edges = np.linspace(0, 1, bins + 1)
+    for b, ax in enumerate(axes[0]):
+        hb = h[:, b][mask[:, b]]
+        ax.hist(hb, bins=edges, color=_THR, log=True)
+        ax.axvline(float(idata.attrs["threshold"]), color="k", ls="--", lw=1)
+        undecided = ((hb > 0.2) & (hb < 0.8)).mean() if hb.size else float("nan")
+        ax.set_title(f"block {b + 1}: {hb.size} heads, {undecided:.1%} in (0.2, 0.8)", fontsize=10)
+        ax.set_xlabel("halting probability h")
+    axes[0, 0].set_ylabel("count (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_units(idata, hdi_prob: float = 0.9) -> Figure:
+    """Forest plot (``az.plot_forest``) of the per-class mean units under ``z ~ q``, one column per block
+    plus the total; the intervals are HDIs across draws."""
+    az = import_arviz()
+    plt = _plt()
+    cu = class_units(idata)
+    names = list(cu.posterior.data_vars)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(2.6 * len(names), 0.35 * cu.posterior.sizes["class"] + 1.6)
+    )
+    for ax, name in zip(np.atleast_1d(axes), names, strict=True):
+        az.plot_forest(cu, var_names=[name], combined=True, hdi_prob=hdi_prob, ax=ax, textsize=9, colors=_THR)
+        ax.set_title(name.replace("_", " "), fontsize=10)
+        if ax is np.atleast_1d(axes)[0]:  # "block_1[3]" / "[3]" → "class 3"
+            ax.set_yticklabels(
+                ["class " + t.get_text().split("[")[-1].rstrip("]") for t in ax.get_yticklabels()]
+            )
+        else:
+            ax.set_yticklabels([])
+    fig.suptitle(f"mean units per class under z ~ q ({hdi_prob:.0%} HDI across draws)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(idata, bins: int = 10) -> Figure:
+    """Reliability diagram of the posterior predictive: accuracy against confidence per bin, with the
+    diagonal of perfect calibration and the bin counts underneath."""
+    plt = _plt()
+    r = reliability(idata, bins)
+    centers = (r["edges"][:-1] + r["edges"][1:]) / 2
+    fig, (ax, axc) = plt.subplots(
+        2, 1, figsize=(4.2, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+    )
+    ok = r["count"] > 0
+    ax.bar(
+        centers[ok], r["accuracy"][ok], width=1 / bins, edgecolor="k", color=_THR, alpha=0.8, label="accuracy"
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.plot(r["confidence"][ok], r["accuracy"][ok], "o", color=_SMP, ms=4, label="(confidence, accuracy)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"posterior predictive calibration, ECE = {r['ece']:.3f}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    axc.bar(centers, r["count"], width=1 / bins, color="0.6", log=True)
+    axc.set_xlabel("confidence max_k p(y = k | x)")
+    axc.set_ylabel("count")
+    axc.set_xlim(0, 1)
+    return fig
+
+
+def plot_units_vs_entropy(idata, seed: int = 0) -> Figure:
+    """Total thresholded units ``Σ_b N̂_b`` (jittered) against the predictive entropy, correct predictions in
+    blue and errors as red crosses. Adaptive computation shows as entropy (and errors) rising with units."""
+    plt = _plt()
+    cd = idata.constant_data
+    total = cd["thresholded_units"].values.sum(1)
+    correct = cd["thresholded_pred"].values == cd["label"].values
+    ent = predictive_entropy(idata)
+    jitter = np.random.default_rng(seed).uniform(-0.25, 0.25, total.shape)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    ax.scatter(total[correct] + jitter[correct], ent[correct], s=6, alpha=0.35, color=_THR, label="correct")
+    ax.scatter(
+        total[~correct] + jitter[~correct], ent[~correct], s=22, marker="x", color="#d62728", label="wrong"
+    )
+    for t in np.unique(total):
+        ax.plot([t - 0.3, t + 0.3], [ent[total == t].mean()] * 2, color="k", lw=2)
+    ax.set_xticks(np.unique(total))
+    ax.set_xlabel("total units executed Σ_b N̂_b (thresholded)")
+    ax.set_ylabel("predictive entropy (nats)")
+    ax.set_title("computation vs uncertainty (black bar: mean entropy)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_extreme_examples(idata, images, k: int = 8, class_names: Sequence[str] | None = None) -> Figure:
+    """The ``k`` test images that took the fewest and the ``k`` that took the most thresholded units.
+
+    :param images: uint8 or float ``[n, C, H, W]`` indexed by the ``example`` coordinate of ``idata``
+        (e.g. ``TensorData.images`` of the evaluated set).
+    """
+    plt = _plt()
+    cd = idata.constant_data
+    ids = idata.constant_data["example"].values
+    total = cd["thresholded_units"].values.sum(1)
+    order = np.argsort(total, kind="stable")
+    k = min(k, len(order))
+    rows = [("fewest", order[:k]), ("most", order[::-1][:k])]
+    fig, axes = plt.subplots(2, k, figsize=(1.35 * k, 4.0), squeeze=False)
+    for r, (title, idx) in enumerate(rows):
+        for j, i in enumerate(idx):
+            ax = axes[r, j]
+            img = np.asarray(images[int(ids[i])], dtype=np.float64)
+            img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
+            ax.imshow(
+                img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+                cmap="gray" if img.shape[0] == 1 else None,
+            )
+            lab, pred = int(cd["label"].values[i]), int(cd["thresholded_pred"].values[i])
+            color = "k" if lab == pred else "#d62728"
+            ax.set_title(
+                f"N={total[i]} y={_name(lab, class_names)}\npred {_name(pred, class_names)}",
+                fontsize=8,
+                color=color,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(f"{title} units", fontsize=9)
+    fig.suptitle("test images with the fewest (top) and most (bottom) units; red: misclassified", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _name(c: int, class_names: Sequence[str] | None) -> str:
+    return class_names[c] if class_names else str(c)
+
+
+def read_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pandas.DataFrame:
+    """Concatenate sweep CSVs (e.g. ``results/*.csv`` of ``examples/tradeoff_sweep.py``), adding a ``source``
+    column. Needs an ``accuracy`` column and a FLOPs column (``flops_ratio``, ``flops_mean`` or ``flops``)."""
+    import pandas as pd
+
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    frames = []
+    for p in paths:
+        df = pd.read_csv(p)
+        df["source"] = Path(p).stem
+        frames.append(df)
+    if not frames:
+        raise ValueError("paths must name at least one CSV file, got none")
+    df = pd.concat(frames, ignore_index=True)
+    if "accuracy" not in df.columns or not any(
+        c in df.columns for c in ("flops_ratio", "flops_mean", "flops")
+    ):
+        raise ValueError(f"sweep CSV needs 'accuracy' and a FLOPs column, got columns {list(df.columns)}")
+    return df
+
+
+def plot_tradeoff(sweep: pandas.DataFrame, label: str | None = "tau") -> Figure:
+    """Accuracy against FLOPs, one line per ``method`` (or ``source``), points annotated with ``label``."""
+    plt = _plt()
+    xcol = next(c for c in ("flops_ratio", "flops_mean", "flops") if c in sweep.columns)
+    group = next((c for c in ("method", "source") if c in sweep.columns), None)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    for name, df in sweep.groupby(group) if group else [("", sweep)]:
+        df = df.sort_values(xcol)
+        ax.plot(df[xcol], 100 * df["accuracy"], "o-", label=str(name), ms=4)
+        if label and label in df.columns:
+            for x, y, t in zip(df[xcol], 100 * df["accuracy"], df[label], strict=True):
+                ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "FLOPs per example")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(
+        "accuracy vs computation" + (f" (labels: {label})" if label in sweep.columns else ""), fontsize=10
+    )
+    ax.grid(alpha=0.3)
+    if group:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
