@@ -1,5 +1,6 @@
 """Amortized guides ``q(z | x)`` for PACT models: halting heads on the model's own activations."""
 
+from .empty import EmptyGuide
 from .halting_guide import HaltingGuide
 from .relaxed_bernoulli import RelaxedBernoulliGuide, StraightThroughGuide
 
@@ -13,4 +14,4 @@ def get_guide(name: str, model, **kwargs) -> HaltingGuide:
     return GUIDES[name](model, **kwargs)
 
 
-__all__ = ["HaltingGuide", "RelaxedBernoulliGuide", "StraightThroughGuide", "GUIDES", "get_guide"]
+__all__ = ["HaltingGuide", "RelaxedBernoulliGuide", "StraightThroughGuide", "GUIDES", "get_guide", "EmptyGuide"]

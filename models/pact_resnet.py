@@ -104,7 +104,8 @@ class PACTResNet(PyroModule):
             u = u + f
         if L == 1:
             return first
-        with poutine.scale(scale=self.prior_weight):
+        # poutine.scale rejects 0 (the first step of a τ warm-up): mask the prior term out instead
+        with poutine.scale(scale=self.prior_weight) if self.prior_weight > 0 else poutine.mask(mask=False):
             z = pyro.sample(halting_site(b), self.priors[b].site(L))  # [B, L-1]
         e = still_running(z)  # [B, L]
         pyro.deterministic(units_site(b), e.sum(-1))  # Ñ_b

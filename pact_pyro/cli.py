@@ -140,13 +140,11 @@ def _flops(args) -> int:
     from .flops import FlopTable
     from .train import TrainConfig, build
 
-    cfg = TrainConfig(dataset=args.dataset, depth=args.depth, method="pact")
+    cfg = TrainConfig(dataset=args.dataset, depth=args.depth, method=args.method)
     cfg.validate()
-    if args.method not in ("pact", "act", "plain"):
-        raise ValueError(f"method must be one of ['act', 'pact', 'plain'], got {args.method!r}")
     model, guide = build(cfg)
     c, s = DATASETS[args.dataset][0], DATASETS[args.dataset][1]
-    table = FlopTable.measure(model.backbone, (c, s, s), None if args.method == "plain" else guide.heads)
+    table = FlopTable.for_model(model, (c, s, s), guide)
     print(json.dumps({"dataset": args.dataset, "depth": args.depth, "method": args.method,
                       "flops_full": table.full, **table.to_dict()}))
     return 0

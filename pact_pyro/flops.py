@@ -73,7 +73,9 @@ class FlopTable:
 
     @classmethod
     def for_model(cls, model, input_shape, guide=None) -> FlopTable:
-        heads = getattr(guide, "heads", None) if guide is not None else getattr(model, "heads", None)
+        heads = getattr(guide, "heads", None) if guide is not None else None
+        if heads is None:  # ACT-ResNet owns its heads; a plain ResNet has none
+            heads = getattr(model, "heads", None)
         return cls.measure(model.backbone, input_shape, heads)
 
     @property

@@ -58,8 +58,13 @@ def threshold(
 
     ``model``/``guide`` are put in eval mode for the call (BatchNorm uses running statistics) and restored.
     ``threshold = 1.0`` with ``h < 1`` everywhere runs every unit.
+
+    Models with their own test-time rule (ACT-ResNet, plain ResNet) provide
+    ``model.evaluate_batch(x, threshold, mode, generator, flop_table)``, which is used instead.
     """
     _check_mode(threshold, mode)
+    if hasattr(model, "evaluate_batch"):
+        return model.evaluate_batch(x, threshold, mode, generator, flop_table)
     net = model.backbone
     net.check_input(x)
     was = net.training, guide.training

@@ -109,11 +109,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build(cfg: TrainConfig):
-    """Model and guide for a config (fresh weights)."""
-    from pact_pyro.guides import get_guide
-    from pact_pyro.models import pact_resnet
+    """Model and guide for a config (fresh weights), by ``cfg.method``: ``pact`` (PACT-ResNet + halting guide),
+    ``act`` (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
+    :class:`~pact_pyro.guides.EmptyGuide`, so every method trains through the same SVI loop."""
+    from pact_pyro.guides import EmptyGuide, get_guide
+    from pact_pyro.models import act_resnet, pact_resnet, plain_resnet
 
     channels, _, classes, _, _ = DATASETS[cfg.dataset]
+    if cfg.method == "act":
+        model = act_resnet(cfg.depth, num_classes=classes, in_channels=channels, tau=cfg.tau)
+        return model, EmptyGuide(model)
+    if cfg.method == "plain":
+        model = plain_resnet(cfg.depth, num_classes=classes, in_channels=channels)
+        return model, EmptyGuide(model)
     model = pact_resnet(cfg.depth, num_classes=classes, in_channels=channels, prior=cfg.make_prior())
     guide = get_guide(cfg.guide, model, temperature=cfg.temperature)
     return model, guide
@@ -167,8 +175,6 @@ def _make_optim(cfg: TrainConfig, total_steps: int):
 def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
     """Train a PACT model with SVI and write the run directory; returns its path."""
     cfg.validate()
-    if cfg.method != "pact":
-        raise NotImplementedError(f"method={cfg.method!r} is not available yet; use 'pact'")
     device = resolve_device(cfg.device)
     train_data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
     out = prepare_run_dir(out, overwrite)
