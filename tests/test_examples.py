@@ -1,0 +1,126 @@
+"""Every example runs: notebooks top to bottom in smoke mode (``CI=true``), scripts with smoke flags.
+
+As in Pyro's ``tests/test_examples.py``: each example is listed here with tiny settings, and
+:func:`test_coverage` fails when an example exists that is not listed (or a listed one has gone).
+
+Notebooks execute with ``nbclient`` on the ``python3`` kernel spec that ``pip install ipykernel`` puts in the
+virtualenv (``<venv>/share/jupyter/kernels/python3``); jupyter_client launches it with this interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+NOTEBOOK_DIR = EXAMPLES / "notebooks"
+
+NOTEBOOKS = [
+    "01_quickstart.ipynb",
+    "02_priors_and_guides.ipynb",
+    "03_diagnostics_arviz.ipynb",
+]
+
+# script -> smoke flags ("{tmp}" becomes a temporary directory)
+SCRIPTS: dict[str, list[str]] = {
+    "parity_lstm.py": ["--smoke", "--runs", "{tmp}/parity"],
+    "tradeoff_sweep.py": [
+        "--preset",
+        "{tmp}/preset.json",
+        "--runs",
+        "{tmp}/runs",
+        "--out",
+        "{tmp}/results/sweep",
+    ],
+}
+
+# a tradeoff_sweep preset small enough for a test: one PACT, one ACT and one plain run on 64 MNIST images
+SMOKE_PRESET = {
+    "name": "smoke",
+    "base": {
+        "dataset": "mnist",
+        "epochs": 1,
+        "batch_size": 32,
+        "train_subset": 64,
+        "device": "cpu",
+        "log_every": 1,
+    },
+    "seeds": [0],
+    "pact": {"depth": 14, "taus": [0.05]},
+    "act": {"depth": 14, "taus": [0.05]},
+    "plain": {"depths": [8]},
+    "eval": {"test_subset": 64, "batch_size": 64, "pact_thresholds": [0.5]},
+}
+
+
+def _env(data_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CI="true", PACT_PYRO_DATA=str(data_root), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("PACT_PYRO_RUN", None)
+    return env
+
+
+def test_coverage():
+    """Every notebook and every ``examples/*.py`` with a ``__main__`` block is listed above."""
+    found_nb = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    assert sorted(NOTEBOOKS) == found_nb, (
+        f"list every notebook in NOTEBOOKS: found {found_nb}, listed {NOTEBOOKS}"
+    )
+    found_py = sorted(p.name for p in EXAMPLES.glob("*.py") if "__main__" in p.read_text())
+    assert sorted(SCRIPTS) == found_py, (
+        f"list every example script in SCRIPTS: found {found_py}, listed {sorted(SCRIPTS)}"
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_clean(name):
+    """Outputs stripped, and a ``smoke_test = "CI" in os.environ`` cell shrinks the work."""
+    nb = json.loads((NOTEBOOK_DIR / name).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
+        f"{name}: strip outputs"
+    )
+    assert any('smoke_test = "CI" in os.environ' in "".join(c["source"]) for c in code), name
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, data_root, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    for key, value in _env(data_root).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PACT_PYRO_RUN", raising=False)
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    start = time.time()
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    print(f"{name}: {time.time() - start:.1f} s (smoke mode)")
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_runs(name, data_root, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in SCRIPTS[name]]
+    (tmp_path / "preset.json").write_text(json.dumps(SMOKE_PRESET))
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=tmp_path,
+        env=_env(data_root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"{name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
+    print(f"{name}: {time.time() - start:.1f} s (smoke flags)")
