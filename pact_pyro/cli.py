@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
     t.add_argument("--out", required=True, help="run directory to create")
     t.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue --out from its checkpoint (same settings; bit-identical final weights on CPU)")
+    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints (0: end of each epoch only)")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (CUDA only)")
+    t.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl records")
     t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -110,7 +117,10 @@ def _run(args: argparse.Namespace) -> int:
             lr=args.lr, weight_decay=args.weight_decay, augment=args.augment, train_subset=args.train_subset,
             test_subset=args.test_subset, seed=args.seed, device=args.device, data_root=args.data_root,
         )
-        out = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        cfg.checkpoint_every, cfg.amp, cfg.log_every = args.checkpoint_every, args.amp, args.log_every
+        out = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume)
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports and evaluates
+            return 0
         print(f"run directory: {out}", file=sys.stderr)
         if not args.no_eval:
             res = _evaluate(out, "threshold", 0.5, None, args.data_root, args.test_subset, 256, 0, args.device,
@@ -155,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError) as err:
         parser.exit(2, f"pact-pyro: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, "pact-pyro: interrupted\n")

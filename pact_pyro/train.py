@@ -19,7 +19,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .data import DATASETS, batches, load_dataset
+from .data import DATASETS, load_dataset
 from .objective import MAPObjective
 from .priors import PRIORS, TruncatedGeometric, TruncatedPoisson, UniformUnits, UnitsPrior
 from .sites import units_site
@@ -56,6 +56,8 @@ class TrainConfig:
     device: str = "auto"
     data_root: str | None = None
     log_every: int = 50
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
+    amp: bool = False  # bf16 autocast of the forward pass (CUDA only)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -80,15 +82,34 @@ class TrainConfig:
             bad("temperature", "a finite number > 0")
         if not 0 <= self.tau_warmup <= 1:
             bad("tau_warmup", "a fraction in [0, 1]")
-        if not (self.epochs > 0):
-            bad("epochs", "> 0")
-        if self.batch_size < 1:
-            bad("batch_size", ">= 1")
-        if not (self.lr > 0):
-            bad("lr", "> 0")
+        if not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
+            bad("epochs", "a finite number > 0")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 2:
+            bad("batch_size", "an integer >= 2 (halting heads normalise over the batch)")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a finite number > 0")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            bad("weight_decay", "a finite number >= 0")
+        if not (isinstance(self.poisson_rate, (int, float)) and 0 < self.poisson_rate < math.inf):
+            bad("poisson_rate", "a finite number > 0")
+        for name in ("train_subset", "test_subset"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(name, "None or an integer >= 1")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            bad("seed", "an integer >= 0")
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            bad("log_every", "an integer >= 1")
+        ce = self.checkpoint_every
+        if not isinstance(ce, int) or isinstance(ce, bool) or ce < 0:
+            bad("checkpoint_every", "an integer >= 0 (0: checkpoint at the end of each epoch only)")
+        if not isinstance(self.amp, bool):
+            bad("amp", "True or False")
         if self.optimizer not in ("adam", "sgd"):
             bad("optimizer", "'adam' or 'sgd'")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not isinstance(self.device, str) or (
+            self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
+        ):
             bad("device", "auto, cpu or cuda")
 
     def make_prior(self) -> UnitsPrior:
@@ -172,41 +193,222 @@ def _make_optim(cfg: TrainConfig, total_steps: int):
     )
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
-    """Train a PACT model with SVI and write the run directory; returns its path."""
+_RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset")
+
+
+def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
+    """Refuse to resume with settings that change the training trajectory."""
+    now = dataclasses.asdict(cfg)
+    diff = [
+        f"{k}={saved.get(k)!r} (now {now.get(k)!r})"
+        for k in sorted(set(now) | set(saved))
+        if k not in _RESUME_FREE and k != "versions" and saved.get(k) != now.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"cannot resume {str(path)!r}: it was trained with " + ", ".join(diff[:4])
+            + "; pass the same settings or start a new run"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric records past ``step`` (written after the checkpoint by a run that was then killed)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Train with SVI and write the run directory; returns its path.
+
+    Checkpoints (``checkpoint.pt``, see :mod:`pact_pyro.checkpoint`) are written atomically every
+    ``cfg.checkpoint_every`` steps (0: none mid-epoch), at the end of every epoch and at the end of training.
+    ``resume=True`` continues from the run directory's checkpoint (or starts from scratch when there is none
+    yet); on CPU the final weights are bit-identical to those of an uninterrupted run. An existing non-empty
+    ``out`` is refused unless ``resume`` or ``overwrite``. Started by ``torchrun`` with ``WORLD_SIZE > 1`` the
+    run is data-parallel (:mod:`pact_pyro.distributed`); ``cfg.batch_size`` is then the global batch.
+    A non-finite loss raises :class:`FloatingPointError` and leaves the last good checkpoint in place.
+    """
+    from . import distributed
+
     cfg.validate()
     device = resolve_device(cfg.device)
+    if cfg.amp and device.type != "cuda":
+        raise ValueError(f"amp=True (bf16 autocast) needs a CUDA device, got device={str(device)!r}")
+    ctx = distributed.setup(device)
+    try:
+        if device.type == "cuda" and ctx.active:
+            device = torch.device("cuda", ctx.local_rank)
+        return _train(cfg, Path(out), overwrite, progress, resume, device, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume: bool, device, ctx) -> Path:
+    import sys
+
+    from . import checkpoint as ck
+    from . import distributed
+
+    if cfg.batch_size % ctx.world_size or cfg.batch_size // ctx.world_size < 2:
+        raise ValueError(
+            f"batch_size must be a multiple of the {ctx.world_size} processes with >= 2 examples each, "
+            f"got {cfg.batch_size}"
+        )
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = None
+    if resume and ckpt_path.is_file():
+        ckpt = ck.load_checkpoint(ckpt_path)
+        _check_resume_config(cfg, ckpt["config"], out)
+    elif not resume and out.exists() and any(out.iterdir()) and not overwrite:  # checked on every rank
+        raise RunDirError(
+            f"out={str(out)!r} already exists and is not empty; pass --resume, --overwrite or another --out"
+        )
     train_data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
-    out = prepare_run_dir(out, overwrite)
+    if len(train_data) < cfg.batch_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the training set ({len(train_data)} examples)"
+        )
+    ctx.barrier()
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            ckpt_path.unlink(missing_ok=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / "config.json").write_text(
+                json.dumps({**dataclasses.asdict(cfg), "versions": _versions()}, indent=2)
+            )
+        else:
+            _truncate_metrics(out / "metrics.jsonl", ckpt["step"])
+            if progress:
+                print(f"resuming {str(out)!r} from {ck.summary(ckpt)}", file=sys.stderr)
+    ctx.barrier()
+
     pyro.set_rng_seed(cfg.seed)
     pyro.clear_param_store()
     model, guide = build(cfg)
     model.to(device)
     guide.to(device)
-    steps_per_epoch = max(1, len(train_data) // cfg.batch_size)
+    modules = {"model": model, "guide": guide}
+    if ctx.active:
+        distributed.broadcast_state([model, guide])
+        torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)  # independent halting noise per rank
+    steps_per_epoch = len(train_data) // cfg.batch_size
     total = max(1, round(cfg.epochs * steps_per_epoch))
     optim = _make_optim(cfg, total)
-    svi = pyro.infer.SVI(model.model, guide, optim, loss=MAPObjective())
-    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "versions": _versions()}, indent=2))
+    objective = MAPObjective()
+    loss_fn = objective.differentiable_loss
+    if cfg.amp:
+
+        def loss_fn(model_fn, guide_fn, *args, **kwargs):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                return objective.differentiable_loss(model_fn, guide_fn, *args, **kwargs)
+
+    loss_and_grads = (
+        distributed.allreduce_loss_and_grads(loss_fn, [model, guide], ctx.world_size) if ctx.active else None
+    )
+    svi = pyro.infer.SVI(model.model, guide, optim, loss=loss_fn, loss_and_grads=loss_and_grads)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, epoch = 0, 0
-    metrics = open(out / "metrics.jsonl", "a")
-    bar = tqdm(total=total, desc=f"train {cfg.method} {cfg.dataset} d{cfg.depth}", disable=not progress)
+    step, epochs_done, skip = 0, 0, 0
+    if ckpt is not None:
+        ck.check_state_dict(model, ckpt["model"], "model", ckpt_path)
+        ck.check_state_dict(guide, ckpt["guide"], "guide", ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        guide.load_state_dict(ckpt["guide"])
+        ck.restore_optim(optim, ckpt["optim"], modules)
+        ck.restore_rng(ckpt["rng"])
+        per_rank = ckpt["rng"].get("per_rank_torch", [])
+        if len(per_rank) == ctx.world_size:
+            torch.set_rng_state(per_rank[ctx.rank])
+        elif ctx.is_main and progress:
+            print(f"note: checkpoint from {len(per_rank)} process(es), now {ctx.world_size}: halting noise "
+                  "streams restart", file=sys.stderr)
+        gen.set_state(ckpt["rng"]["data_epoch_start"])
+        step, epochs_done, skip = ckpt["step"], ckpt["epochs_done"], ckpt["step_in_epoch"]
+
+    def save(epoch_start_state: torch.Tensor, step_in_epoch: int) -> None:
+        for name, mod in modules.items():
+            for pname, p in mod.named_parameters():
+                if not bool(torch.isfinite(p).all()):
+                    raise FloatingPointError(
+                        f"{name} parameter {pname} became non-finite at step {step}; not saved over the "
+                        f"last good checkpoint {str(ckpt_path)!r}"
+                    )
+        if ctx.active:
+            distributed.average_buffers([model, guide])
+        rng = ck.capture_rng()
+        rng["per_rank_torch"] = distributed.gather_rng(rng["torch"], ctx)
+        rng["data"] = gen.get_state()
+        rng["data_epoch_start"] = epoch_start_state
+        if ctx.is_main:
+            ck.atomic_save(
+                {
+                    "format": ck.FORMAT,
+                    "version": ck.VERSION,
+                    "config": dataclasses.asdict(cfg),
+                    "model": model.state_dict(),
+                    "guide": guide.state_dict(),
+                    "optim": ck.optim_state(optim, modules),
+                    "rng": rng,
+                    "epoch": epochs_done + (1 if step_in_epoch else 0),
+                    "epochs_done": epochs_done,
+                    "step_in_epoch": step_in_epoch,
+                    "step": step,
+                    "world_size": ctx.world_size,
+                },
+                ckpt_path,
+            )
+
+    metrics = open(out / "metrics.jsonl", "a") if ctx.is_main else None
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=f"train {cfg.method} {cfg.dataset} d{cfg.depth}",
+        disable=not (progress and ctx.is_main),
+    )
     start = time.time()
+    saved_at = step if ckpt is not None else -1
     try:
         while step < total:
-            epoch += 1
+            epoch = epochs_done + 1
             model.train()
             guide.train()
-            for x, y in batches(train_data, cfg.batch_size, True, gen, device, cfg.augment, drop_last=True):
+            epoch_start = gen.get_state()
+            it = distributed.shard_batches(
+                train_data, cfg.batch_size, gen, device, cfg.augment, ctx.rank, ctx.world_size
+            )
+            finished, consumed = False, 0
+            for i, (x, y) in enumerate(it):
+                if i < skip:  # resumed mid-epoch: replay the data order up to the checkpoint
+                    continue
                 if cfg.tau_warmup > 0:
                     model.prior_weight = min(1.0, step / (cfg.tau_warmup * total))
                 loss = svi.step(x, y)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or raise --temperature")
+                    last = f"step {saved_at}" if saved_at >= 0 else "none yet"
+                    raise FloatingPointError(
+                        f"loss became {loss} at step {step + 1}; training stopped, last good checkpoint: "
+                        f"{last} ({str(ckpt_path)!r}); lower --lr or raise --temperature"
+                    )
                 optim.step()  # advance the LR schedule
                 step += 1
-                if step % cfg.log_every == 0 or step == total:
+                if metrics is not None and (step % cfg.log_every == 0 or step == total):
                     n = [float(guide.trace.nodes[units_site(b)]["value"].detach().mean()) for b in range(len(model.units_per_block))
                          if units_site(b) in guide.trace.nodes]
                     rec = {"step": step, "epoch": epoch, "loss": loss, "units": n, "time": time.time() - start}
@@ -215,30 +417,50 @@ def train(cfg: TrainConfig, out: str | os.PathLike, overwrite: bool = False, pro
                     bar.set_postfix(loss=f"{loss:.3f}", units="/".join(f"{v:.2f}" for v in n))
                 bar.update()
                 if step >= total:
+                    finished, consumed = True, i + 1
                     break
-            _atomic_save(
-                {"model": model.state_dict(), "guide": guide.state_dict(), "epoch": epoch, "step": step},
-                out / "checkpoint.pt",
-            )
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save(epoch_start, i + 1)
+                    saved_at = step
+            if finished:
+                if saved_at != step:
+                    save(epoch_start, consumed)
+                break
+            epochs_done += 1
+            skip = 0
+            if saved_at != step:
+                save(gen.get_state(), 0)  # end of epoch
+                saved_at = step
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
+    ctx.barrier()
     return out
 
 
 def load_run(path: str | os.PathLike, device: str = "auto"):
-    """``(model, guide, config)`` of a finished run directory, in eval mode."""
+    """``(model, guide, config)`` of a run directory (its latest checkpoint), in eval mode.
+
+    The checkpoint is read with ``torch.load(weights_only=True)``; corrupt, truncated, unsafe (pickled code)
+    or other-architecture files raise :class:`~pact_pyro.checkpoint.CheckpointError` (a ``ValueError``).
+    Checkpoints written by 1-process and DDP runs are the same format.
+    """
+    from .checkpoint import check_state_dict, load_checkpoint
+
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"run directory {str(path)!r} has no config.json and checkpoint.pt")
-    raw = json.loads((path / "config.json").read_text())
-    raw.pop("versions", None)
-    cfg = TrainConfig(**raw)
     try:
-        ckpt = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {str(path / 'checkpoint.pt')!r} cannot be loaded safely: {err}") from None
+        raw = json.loads((path / "config.json").read_text())
+        raw.pop("versions", None)
+        cfg = TrainConfig(**raw)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{str(path / 'config.json')!r} is not a pact-pyro config: {err}") from None
+    ckpt = load_checkpoint(path / "checkpoint.pt")
     model, guide = build(cfg)
+    check_state_dict(model, ckpt["model"], "model", path / "checkpoint.pt")
+    check_state_dict(guide, ckpt["guide"], "guide", path / "checkpoint.pt")
     model.load_state_dict(ckpt["model"])
     guide.load_state_dict(ckpt["guide"])
     dev = resolve_device(device)

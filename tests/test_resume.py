@@ -1,0 +1,169 @@
+"""Crash-safe resumable training: SIGKILL after the first checkpoint, ``--resume``, bit-identical weights.
+
+The killed run is a real ``pact-pyro train`` subprocess; the uninterrupted reference and the resumed run go
+through the same CLI in this process (1 thread everywhere), which keeps the test at one interpreter start.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pact_pyro import cli
+from pact_pyro.checkpoint import load_checkpoint
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
+
+# depth 14: L = 2 units per block, so halting latents (and their RNG draws) are part of the trajectory.
+# 64 examples / batch 16 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
+ARGS = [
+    "train", "--dataset", "mnist", "--depth", "14", "--train-subset", "64", "--batch-size", "16",
+    "--epochs", "2", "--seed", "3", "--device", "cpu", "--checkpoint-every", "2",
+    "--no-eval", "--no-progress",
+]  # fmt: skip
+TOTAL = 8
+
+
+def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
+    """The first ``n`` MNIST images and labels as uncompressed idx files under ``root/mnist/MNIST/raw``."""
+    if not SHARED_MNIST.is_dir():
+        pytest.skip(f"MNIST not found at {SHARED_MNIST}")
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        for kind, header, size in (("images-idx3-ubyte", 16, 784), ("labels-idx1-ubyte", 8, 1)):
+            with gzip.open(SHARED_MNIST / f"{split}-{kind}.gz", "rb") as f:
+                head, body = bytearray(f.read(header)), f.read(n * size)
+            head[4:8] = n.to_bytes(4, "big")
+            (raw / f"{split}-{kind}").write_bytes(bytes(head) + body)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    return tiny_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _argv(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return [*ARGS, "--data-root", str(data_root), "--out", str(out), *extra]
+
+
+def _assert_identical(a, b, where: str = "") -> None:
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: max |diff| {(a.double() - b.double()).abs().max()}"
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread, capsys):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pact_pyro.cli", *_argv(tiny_root, killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = killed / "checkpoint.pt"
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint)
+    watcher.start()
+    assert cli.main(_argv(tiny_root, full)) == 0  # the uninterrupted reference, meanwhile
+    watcher.join()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = load_checkpoint(ckpt)
+    assert 0 < partial["step"] < TOTAL, partial["step"]
+
+    # without --resume the existing run directory is refused and left untouched
+    with pytest.raises(SystemExit) as exc:
+        cli.main(_argv(tiny_root, killed))
+    assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert load_checkpoint(ckpt)["step"] == partial["step"]
+
+    assert cli.main(_argv(tiny_root, killed, "--resume")) == 0
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)
+    assert a["step"] == b["step"] == TOTAL
+    for key in ("model", "guide", "optim", "rng"):
+        _assert_identical(a[key], b[key], key)
+    # the metrics log holds each step once, with the same losses
+    la = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [r["step"] for r in la] == [TOTAL]  # log_every 50: the last step only
+    assert [r["loss"] for r in lb] == [r["loss"] for r in la]
+    print(f"killed at step {partial['step']} of {TOTAL}; resumed weights bit-identical")
+
+
+def test_resume_refuses_other_settings(tiny_root, tmp_path, one_thread, capsys):
+    out = tmp_path / "run"
+    argv = [a if a != "2" else "1" for a in _argv(tiny_root, out)]  # --epochs 1 ... --checkpoint-every 1
+    argv[argv.index("--epochs") + 1] = "0.5"
+    assert cli.main(argv) == 0
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--resume", "--lr", "0.01"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "cannot resume" in err and "lr=0.002 (now 0.01)" in err, err
+    # a finished run resumes to itself; the checkpoint cadence may change
+    before = load_checkpoint(out / "checkpoint.pt")
+    assert cli.main([*argv, "--resume", "--checkpoint-every", "5"]) == 0
+    _assert_identical(before["model"], load_checkpoint(out / "checkpoint.pt")["model"])
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's validation notices the NaN first
+def test_nan_loss_keeps_last_good_checkpoint(tiny_root, tmp_path, one_thread, monkeypatch, capsys):
+    """A non-finite loss stops the run with one line; the checkpoint on disk is the last good one."""
+    from pact_pyro import objective
+
+    calls = {"n": 0}
+    real = objective.MAPObjective.differentiable_loss
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = real(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(objective.MAPObjective, "differentiable_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(_argv(tiny_root, out))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "loss became nan at step 5" in err and "last good checkpoint: step 4" in err, err
+    good = load_checkpoint(out / "checkpoint.pt")
+    assert good["step"] == 4
+    assert all(bool(v.isfinite().all()) for v in good["model"].values() if v.is_floating_point())
