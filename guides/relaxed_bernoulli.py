@@ -22,7 +22,9 @@ class RelaxedBernoulliGuide(HaltingGuide):
     name = "relaxed"
 
     def posterior(self, logits: torch.Tensor) -> TorchDistribution:
-        return RelaxedBernoulli(torch.as_tensor(self.temperature, dtype=logits.dtype), logits=logits).to_event(1)
+        return RelaxedBernoulli(
+            torch.as_tensor(self.temperature, dtype=logits.dtype), logits=logits
+        ).to_event(1)
 
 
 class StraightThroughGuide(HaltingGuide):

@@ -43,7 +43,9 @@ class PACTResNet(PyroModule):
     from 0 to 1 (a ``τ`` warm-up).
     """
 
-    def __init__(self, backbone: ResNetBackbone, prior: UnitsPrior | Sequence[UnitsPrior] | None = None) -> None:
+    def __init__(
+        self, backbone: ResNetBackbone, prior: UnitsPrior | Sequence[UnitsPrior] | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         nblocks = len(backbone.blocks)
@@ -51,7 +53,9 @@ class PACTResNet(PyroModule):
             prior = TruncatedGeometric(0.01)
         priors = list(prior) if isinstance(prior, Sequence) else [prior] * nblocks
         if len(priors) != nblocks or not all(isinstance(p, UnitsPrior) for p in priors):
-            raise ValueError(f"prior must be a UnitsPrior or a sequence of {nblocks} UnitsPriors, got {prior!r}")
+            raise ValueError(
+                f"prior must be a UnitsPrior or a sequence of {nblocks} UnitsPriors, got {prior!r}"
+            )
         for p, L in zip(priors, backbone.units_per_block, strict=True):
             p.log_probs(L)  # fail now (e.g. a CategoricalUnits of the wrong length), not in the first step
         self.priors = priors

@@ -78,10 +78,10 @@ def _torchvision_set(name: str, root: Path, train: bool, download: bool):
 
 
 def _load_jpeg_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import hashlib
+
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor
-
-    import hashlib
 
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
     cache = Path.home() / ".cache" / "pact-pyro" / f"{folder.parent.name}-{folder.name}-{key}.pt"
@@ -93,7 +93,12 @@ def _load_jpeg_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda it, **kw: it  # noqa: E731
-    images = torch.stack([pil_to_tensor(ds.loader(p).convert("RGB")) for p, _ in tqdm(ds.samples, desc=f"decode {folder.name}")])
+    images = torch.stack(
+        [
+            pil_to_tensor(ds.loader(p).convert("RGB"))
+            for p, _ in tqdm(ds.samples, desc=f"decode {folder.name}")
+        ]
+    )
     labels = torch.tensor(ds.targets, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
@@ -102,7 +107,9 @@ def _load_jpeg_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def load_dataset(name: str, train: bool, data_root: str | os.PathLike | None = None, download: bool = True) -> TensorData:
+def load_dataset(
+    name: str, train: bool, data_root: str | os.PathLike | None = None, download: bool = True
+) -> TensorData:
     """Load a whole split as uint8 tensors. ``name`` ∈ ``mnist``, ``fashion-mnist``, ``cifar10``."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
@@ -134,7 +141,7 @@ def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """CIFAR augmentation (SACT): pad 4, random crop back to size, random horizontal flip. ``[B, C, H, W]``."""
+    """CIFAR augmentation (SACT): pad 4, random crop back to size, random flip. ``[B, C, H, W]``."""
     B, _, H, W = x.shape
     padded = F.pad(x, (4, 4, 4, 4))
     i = torch.randint(0, 9, (B,), generator=generator)

@@ -28,14 +28,18 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """One JSON-ready dict: ``accuracy``, ``flops_mean``, ``flops_std``, ``flops_full``, ``units_mean``
-    (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction and units (CSV)."""
+    (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction, units (CSV)."""
     device = next(model.backbone.parameters()).device
     C, H, W = data.images.shape[1:]
     table = FlopTable.for_model(model, (C, H, W), guide)
     gen = torch.Generator(device=device).manual_seed(seed)
     preds, units, flops = [], [], []
-    for x, _ in tqdm(batches(data, batch_size, device=device), desc=f"evaluate ({mode})", disable=not progress,
-                     total=-(-len(data) // batch_size)):
+    for x, _ in tqdm(
+        batches(data, batch_size, device=device),
+        desc=f"evaluate ({mode})",
+        disable=not progress,
+        total=-(-len(data) // batch_size),
+    ):
         r = threshold(model, guide, x, threshold_value, mode, gen, table)
         preds.append(r.logits.argmax(-1).cpu())
         units.append(r.units.cpu())
@@ -43,7 +47,9 @@ def evaluate(
     pred, units, flops = torch.cat(preds), torch.cat(units), torch.cat(flops).double()
     if predictions is not None:
         with open(predictions, "w") as f:
-            f.write("index,label,prediction," + ",".join(f"units_{b}" for b in range(units.shape[1])) + ",flops\n")
+            f.write(
+                "index,label,prediction," + ",".join(f"units_{b}" for b in range(units.shape[1])) + ",flops\n"
+            )
             for i in range(len(pred)):
                 row = [i, int(data.labels[i]), int(pred[i]), *units[i].tolist(), int(flops[i])]
                 f.write(",".join(map(str, row)) + "\n")

@@ -3,7 +3,10 @@
 Only convolutions and linear layers count, 2 FLOPs per multiply-add; BatchNorm, activations, pooling,
 residual additions and zero-padding shortcuts are free — exactly what ``FlopCounterMode`` counts. We measure
 each piece once at batch 1 (stem, every unit, every halting head, classifier) and sum, per example, the units
-it executed: ``FLOPs = stem + Σ_b [Σ_{l ≤ N_b} unit_{b,l} + Σ_{l ≤ min(N_b, L_b - 1)} head_{b,l}] + classifier``
+it executed::
+
+    FLOPs = stem + Σ_b [Σ_{l ≤ N_b} unit_{b,l} + Σ_{l ≤ min(N_b, L_b - 1)} head_{b,l}] + classifier
+
 (a halting head is evaluated after every executed unit that has one).
 """
 
@@ -87,7 +90,9 @@ class FlopTable:
         """Per-example FLOPs for executed-unit counts ``units [B, blocks]`` (1-based) → int64 ``[B]``."""
         if units.dim() != 2 or units.shape[1] != len(self.units):
             raise ValueError(f"units must have shape [B, {len(self.units)}], got {tuple(units.shape)}")
-        total = torch.full(units.shape[:1], self.stem + self.classifier, dtype=torch.int64, device=units.device)
+        total = torch.full(
+            units.shape[:1], self.stem + self.classifier, dtype=torch.int64, device=units.device
+        )
         for b, (uc, hc) in enumerate(zip(self.units, self.heads, strict=True)):
             ucum = torch.tensor([0, *uc], device=units.device).cumsum(0)
             hcum = torch.tensor([0, *hc], device=units.device).cumsum(0)

@@ -171,7 +171,9 @@ class CategoricalUnits(UnitsPrior):
 
     def unnormalized_log_probs(self, L: int) -> torch.Tensor:
         if L != self.probs.numel():
-            raise ValueError(f"CategoricalUnits has {self.probs.numel()} probabilities but the block has L={L} units")
+            raise ValueError(
+                f"CategoricalUnits has {self.probs.numel()} probabilities but the block has L={L} units"
+            )
         return self.probs.log()
 
     def config(self) -> dict:

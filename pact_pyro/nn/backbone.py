@@ -1,4 +1,4 @@
-"""The pre-activation CIFAR ResNet of SACT/PACT (depth ``6n + 2``), split into ``B = 3`` blocks of ``L = n`` units.
+"""The pre-activation CIFAR ResNet of SACT/PACT: depth ``6n + 2``, ``B = 3`` blocks of ``L = n`` units.
 
 Widths 16/32/64; the first unit of blocks 2 and 3 has stride 2; stem ``conv3x3(in → 16)``; classifier
 ``BN → act → global average pool → linear``. Works for 1-channel 28×28 (MNIST) and 3-channel 32×32 (CIFAR)
@@ -51,7 +51,9 @@ class ResNetBackbone(nn.Module):
         c = widths[0]
         for b, (L, w) in enumerate(zip(units, widths, strict=True)):
             stride = 1 if b == 0 else 2
-            blocks.append(nn.ModuleList([PreActUnit(c if l == 0 else w, w, stride if l == 0 else 1) for l in range(L)]))
+            blocks.append(
+                nn.ModuleList([PreActUnit(c if l == 0 else w, w, stride if l == 0 else 1) for l in range(L)])
+            )
             c = w
         self.blocks = nn.ModuleList(blocks)
         self.classifier = nn.Sequential(
@@ -63,7 +65,7 @@ class ResNetBackbone(nn.Module):
         )
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming ``x`` when it is not ``[B, in_channels, H, W]`` floating point and finite."""
+        """Raise an error naming ``x`` unless it is floating point ``[B, in_channels, H, W]``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
