@@ -96,13 +96,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): truncated write?")
+    if not zipfile.is_zipfile(
+        path
+    ):  # torch.save writes a zip archive; a cut-off one has no central directory
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt, or not a torch.save file (no complete zip)"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
+        lines = str(err).strip().splitlines()
         why = next(
-            (line for line in first if "Unsupported global" in line or "GLOBAL" in line),
-            first[0] if first else "",
+            (ln for ln in lines if "Unsupported" in ln or "GLOBAL" in ln), "a disallowed pickle opcode"
         )
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds more than tensors and plain data "
