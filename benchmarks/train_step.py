@@ -1,0 +1,170 @@
+"""One training step of PACT (Pyro SVI + MAP objective) against one step of the plain ResNet.
+
+Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``, interleaved in one process:
+
+* ``plain``: ``ResNetBackbone`` (same depth), ``F.cross_entropy``, ``torch.optim.<opt>`` over its parameters;
+  ``zero_grad → forward → backward → step``.
+* ``pact``: ``pyro.infer.SVI(model.model, guide, pyro.optim.<opt>, loss=pact_pyro.MAPObjective()).step(x, y)``
+  with the :class:`~pact_pyro.guides.RelaxedBernoulliGuide` (a ``GuideMessenger``: one backbone pass; the
+  loss is ``-(log p(y | x, z) + log p(z)) / B`` with ``z`` the guide's relaxed sample).
+* ``pact_replay`` (``--replay``): the same loss with a plain-function guide that recomputes the backbone to
+  get the head inputs; ``MAPObjective`` traces it and replays the model (two backbone passes per step).
+
+Prints one JSON line: per-side medians/quartiles (ms), ``pact / plain`` and ``pact_replay / plain`` ratios
+(goal for ``pact``: <= 1.10), the settings and the environment. Smoke mode: ``--smoke`` (tiny sizes).
+
+Usage: ``python benchmarks/train_step.py --threads 2 --reps 20 [--replay] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import emit, environment, interleaved, ratio_stats, setup, side_stats  # noqa: E402
+from pact_pyro.guides import get_guide  # noqa: E402
+from pact_pyro.models import pact_resnet  # noqa: E402
+
+from pact_pyro.halting import mix_residuals, still_running  # noqa: E402
+from pact_pyro.nn import ResNetBackbone, resnet_units_per_block  # noqa: E402
+from pact_pyro.objective import MAPObjective  # noqa: E402
+from pact_pyro.sites import DATA_PLATE, halting_site  # noqa: E402
+
+OPTIMIZERS = {
+    "adam": (torch.optim.Adam, {"lr": 1e-3}),
+    "sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+}
+
+
+def replay_guide(model, guide):
+    """A plain-function guide (not a ``GuideMessenger``) over ``guide``'s heads: it recomputes the backbone
+    (with the relaxed mixture, so later blocks see the same input as in the model) and samples every ``z_b``.
+    """
+
+    def fn(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        net = pyro.module(model.pyro_id, model.backbone)
+        pyro.module(guide.pyro_id, guide.heads)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            u = net.stem(x)
+            for b, block in enumerate(net.blocks):
+                u = block[0](u)
+                first, residuals, logits = u, [], []
+                for l in range(1, len(block)):
+                    logits.append(guide.halting_logits(b, l - 1, u))
+                    f = block[l].residual(u)
+                    residuals.append(f)
+                    u = u + f
+                if len(block) == 1:
+                    continue
+                z = pyro.sample(halting_site(b), guide.posterior(torch.stack(logits, -1)))
+                u = mix_residuals(first, residuals, still_running(z))
+
+    return fn
+
+
+def build(args):
+    n = resnet_units_per_block(args.depth)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 10, (args.batch,))
+    opt_cls, opt_args = OPTIMIZERS[args.optimizer]
+
+    plain = ResNetBackbone([n, n, n])
+    plain.train()
+    plain_opt = opt_cls(plain.parameters(), **opt_args)
+
+    def plain_step():
+        plain_opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(plain(x), y)
+        loss.backward()
+        plain_opt.step()
+        return loss.detach().item()
+
+    fns = {"plain": plain_step}
+    pyro.clear_param_store()
+    model = pact_resnet(args.depth)
+    guide = get_guide("relaxed", model)
+    model.train()
+    guide.train()
+    svi = pyro.infer.SVI(
+        model.model, guide, pyro.optim.PyroOptim(opt_cls, dict(opt_args)), loss=MAPObjective()
+    )
+    fns["pact"] = lambda: svi.step(x, y)
+    if args.replay:
+        model_r = pact_resnet(args.depth)
+        guide_r = get_guide("relaxed", model_r)
+        svi_r = pyro.infer.SVI(
+            model_r.model,
+            replay_guide(model_r, guide_r),
+            pyro.optim.PyroOptim(opt_cls, dict(opt_args)),
+            loss=MAPObjective(),
+        )
+        fns["pact_replay"] = lambda: svi_r.step(x, y)
+    return fns
+
+
+def profile(fns, reps: int) -> None:
+    """Print torch.profiler tables (self CPU time) for each side to stderr."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    for name, fn in fns.items():
+        fn()
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                fn()
+        sys.stderr.write(f"\n=== {name} ({reps} steps) ===\n")
+        sys.stderr.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25) + "\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--depth", type=int, default=32)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32, help="image height = width (CIFAR: 32)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--replay", action="store_true", help="also time the trace/replay guide variant")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per side to stderr")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (depth 8, batch 4, 16x16, 2 reps)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.depth, args.batch, args.size, args.reps, args.warmup = 8, 4, 16, 2, 1
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup(args.threads)
+    pyro.enable_validation(False)  # training runs without validation (as pact-pyro train does)
+    fns = build(args)
+    if args.profile:
+        profile(fns, args.profile)
+    times = interleaved(fns, args.reps, args.warmup)
+    record = {
+        "benchmark": "train_step",
+        "sides": {k: side_stats(v) for k, v in times.items()},
+        "pact_over_plain": ratio_stats(times["pact"], times["plain"]),
+        "goal": "pact_over_plain.ratio_of_medians <= 1.10",
+    }
+    if "pact_replay" in times:
+        record["pact_replay_over_plain"] = ratio_stats(times["pact_replay"], times["plain"])
+    record["settings"] = {
+        k: getattr(args, k) for k in ("depth", "batch", "size", "optimizer", "reps", "warmup", "smoke")
+    }
+    record["settings"]["guide"] = "relaxed (GuideMessenger)"
+    record["env"] = environment(args.threads)
+    emit(record)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The benchmark scripts (benchmarks/*.py) run in smoke mode (tiny sizes, 1 thread) and print one JSON line
+with the promised fields. No timing assertions: timings on a shared CPU say nothing in a test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"pact_benchmark_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(name: str, capsys, *extra: str) -> dict:
+    record = _load(name).main(["--smoke", "--threads", "1", *extra])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == json.loads(json.dumps(record))
+    assert record["env"]["threads"] == 1 and record["env"]["torch_num_threads"] == 1
+    assert record["settings"]["smoke"] is True
+    return record
+
+
+def test_train_step_smoke(capsys):
+    r = _run("train_step", capsys, "--replay")
+    assert set(r["sides"]) == {"plain", "pact", "pact_replay"}
+    for key in ("pact_over_plain", "pact_replay_over_plain"):
+        assert r[key]["ratio_of_medians"] > 0
+
+
+def test_inference_smoke(capsys):
+    r = _run("inference", capsys)
+    for key in ("batch_1", "batch_8"):
+        m = r[key]
+        assert m["flop_speedup"] >= 1.0  # heads calibrated: some units are skipped
+        assert m["quotient"] == pytest.approx(m["wall_speedup"] / m["flop_speedup"], rel=1e-3)
+        assert m["flops_threshold_mean"] <= m["flops_full"] * 1.01
+
+
+def test_memory_smoke(capsys):
+    r = _run("memory", capsys)
+    m = r["batch_8"]
+    assert set(m["peak_mib"]) == {"full", "pact", "act", "act_lean"}
+    # PACT keeps one state between units, ACT a state and an accumulator
+    assert m["kept_between_units_mib"]["pact"] < m["kept_between_units_mib"]["act_lean"]
+    assert m["peak_mib"]["pact"] <= m["peak_mib"]["full"] * 1.05
+    assert m["peak_mib"]["pact"] < m["peak_mib"]["act"]

@@ -1,0 +1,157 @@
+"""Thresholding with real early exit (pact_pyro.threshold): equal to the masked full forward with the same
+decisions, and only the current state ``u`` of each block is kept (no accumulator)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pact_pyro.guides import get_guide
+from pact_pyro.models import pact_resnet
+
+from pact_pyro.flops import FlopTable
+from pact_pyro.threshold import evaluate_masked, threshold
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import LiveBytes, calibrate_heads  # noqa: E402
+
+SIZE = 16
+
+
+def _randomise(model, guide, seed: int, dtype=torch.float64):
+    """Random BatchNorm statistics/affines everywhere and random halting heads (random weights, biases set
+    so that a random fraction halts at each head), so that eval-mode BN is not the identity and decisions
+    differ between examples, units and blocks."""
+    g = torch.Generator().manual_seed(seed)
+    model.to(dtype)
+    guide.to(dtype)
+    for m in [*model.modules(), *guide.modules()]:
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            m.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
+            m.bias.data.copy_(0.2 * torch.randn(c, generator=g))
+    for block in guide.heads:
+        for head in block:
+            head.linear.weight.data.copy_(2.0 * torch.randn(head.linear.weight.shape, generator=g))
+    model.eval()
+    guide.eval()
+    # biases: at each head a random fraction (25-60%) of the examples still running halt
+    hazard = float(torch.empty(()).uniform_(0.25, 0.6, generator=g))
+    calibrate_heads(model, guide, torch.randn(64, 3, SIZE, SIZE, generator=g, dtype=dtype), hazard)
+
+
+def _net(depth: int = 20, seed: int = 0):
+    model = pact_resnet(depth)
+    guide = get_guide("relaxed", model)
+    _randomise(model, guide, seed)
+    return model, guide
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("batch", [1, 5, 24])
+@pytest.mark.parametrize("mode", ["threshold", "sample"])
+def test_early_exit_equals_masked_forward(seed, batch, mode):
+    model, guide = _net(seed=seed)
+    x = torch.randn(
+        batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64
+    )
+    gen = torch.Generator().manual_seed(7) if mode == "sample" else None
+    res = threshold(model, guide, x, mode=mode, generator=gen)
+    logits, units = evaluate_masked(model, guide, x, units=res.units)
+    assert torch.equal(units, res.units)
+    torch.testing.assert_close(res.logits, logits, rtol=0, atol=1e-6)
+    assert ((res.units >= 1) & (res.units <= torch.tensor(model.units_per_block))).all()
+    if mode == "threshold":  # the decisions themselves follow N = min{l : h^l >= 0.5}
+        assert torch.equal(evaluate_masked(model, guide, x)[1], res.units)
+    else:  # a fixed generator reproduces the sample
+        again = threshold(model, guide, x, mode=mode, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(again.units, res.units)
+        torch.testing.assert_close(again.logits, res.logits, rtol=0, atol=0)
+    table = FlopTable.for_model(model, x.shape[1:], guide)
+    assert torch.equal(res.flops, table.flops(res.units))
+
+
+def test_random_heads_give_mixed_decisions():
+    """The settings above exercise compaction: examples stop at different units within a batch."""
+    model, guide = _net(seed=0)
+    x = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100), dtype=torch.float64)
+    units = threshold(model, guide, x).units
+    assert all(len(units[:, b].unique()) > 1 for b in range(units.shape[1]))
+
+
+def test_threshold_one_runs_every_unit_and_matches_backbone():
+    model, guide = _net(seed=3)
+    x = torch.randn(6, 3, SIZE, SIZE, dtype=torch.float64)
+    res = threshold(model, guide, x, threshold=1.0)
+    assert (res.units == torch.tensor(model.units_per_block)).all()
+    with torch.no_grad():
+        torch.testing.assert_close(res.logits, model.backbone(x), rtol=0, atol=1e-10)
+
+
+def test_training_flags_restored():
+    model, guide = _net(seed=0)
+    x = torch.randn(3, 3, SIZE, SIZE, dtype=torch.float64)
+    model.train()
+    guide.train()
+    a = threshold(model, guide, x)
+    assert model.backbone.training and guide.training
+    assert all(m.training for m in model.backbone.modules())
+    model.eval()
+    guide.eval()
+    b = threshold(model, guide, x)
+    assert not any(m.training for m in [*model.backbone.modules(), *guide.modules()])
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)  # BN used running statistics both times
+
+
+def test_live_bytes_tracker_counts_storages():
+    with LiveBytes() as lb:
+        a = torch.empty(1024, dtype=torch.float32)  # 4 KiB
+        v = a.view(32, 32)  # a view: no new storage
+        c = v + 1  # 4 KiB more
+        del c
+        assert lb.live == 4096
+    assert lb.peak == 8192
+
+
+def _peak_and_kept(fn, units):
+    """Peak live bytes of ``fn()`` and the largest live bytes at the start of any unit (kept in between)."""
+    kept = [0]
+    with torch.no_grad(), LiveBytes() as lb:
+        hooks = [
+            m.register_forward_pre_hook(lambda *_: kept.__setitem__(0, max(kept[0], lb.live))) for m in units
+        ]
+        try:
+            fn()
+        finally:
+            for h in hooks:
+                h.remove()
+    return lb.peak, kept[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_threshold_keeps_only_the_current_state(seed):
+    """Between units only one state ``u`` is live (the block-1 state is the largest), and the peak equals the
+    plain full forward's; a routine that keeps per-unit states (``evaluate_masked``) fails the same check."""
+    model, guide = _net(seed=seed)
+    net = model.backbone
+    B = 32
+    x = torch.randn(B, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    state = B * net.widths[0] * SIZE * SIZE * 8  # bytes of one block-1 state [B, 16, 16, 16], float64
+    slack = 64 * 1024  # decisions, index vectors, head outputs: O(B) bytes
+    all_units = [u for block in net.blocks for u in block]
+    units = threshold(model, guide, x).units
+    assert len(units[:, 0].unique()) > 1  # mixed decisions: compaction happened
+
+    full_peak, full_kept = _peak_and_kept(lambda: net(x), all_units)
+    peak, kept = _peak_and_kept(lambda: threshold(model, guide, x), all_units)
+    assert full_kept <= state + slack
+    assert kept <= state + slack  # no accumulator next to the state
+    assert peak <= full_peak + slack
+
+    masked_peak, masked_kept = _peak_and_kept(lambda: evaluate_masked(model, guide, x), all_units)
+    assert masked_kept > 2 * state  # the check does detect kept per-unit states
+    assert masked_peak > full_peak + state
