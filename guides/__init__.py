@@ -2,6 +2,7 @@
 
 from .empty import EmptyGuide
 from .halting_guide import HaltingGuide
+from .lstm_guide import LSTMHaltingGuide, LSTMRelaxedBernoulliGuide, LSTMStraightThroughGuide, get_lstm_guide
 from .relaxed_bernoulli import RelaxedBernoulliGuide, StraightThroughGuide
 
 GUIDES = {"relaxed": RelaxedBernoulliGuide, "straight-through": StraightThroughGuide}
@@ -15,3 +16,4 @@ def get_guide(name: str, model, **kwargs) -> HaltingGuide:
 
 
 __all__ = ["HaltingGuide", "RelaxedBernoulliGuide", "StraightThroughGuide", "GUIDES", "get_guide", "EmptyGuide"]
+__all__ += ["LSTMHaltingGuide", "LSTMRelaxedBernoulliGuide", "LSTMStraightThroughGuide", "get_lstm_guide"]
