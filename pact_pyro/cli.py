@@ -19,6 +19,18 @@ def _positive_float(text: str) -> float:
     return float(text)
 
 
+_SEQ_FLAGS = [
+    ("--bits", int, "parity vector length"),
+    ("--seq-len", int, "addition: numbers per sequence"),
+    ("--digits", int, "addition: digits per number"),
+    ("--max-ponder", int, "ponder steps M per input step"),
+    ("--hidden-size", int, "LSTM hidden size"),
+    ("--steps", int, "training steps"),
+    ("--tau-ramp-steps", int, "steps of the linear ramp of τ from 0"),
+    ("--tau-start-accuracy", float, "validation accuracy that starts the τ ramp (0: step 0)"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
@@ -54,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
     t.add_argument("--out", required=True, help="run directory to create")
+    t.add_argument("--task", default=None,
+                   help="synthetic sequence task (parity or addition): train a recurrent model (pact_pyro.train_seq)")
+    t.add_argument("--arch", default="lstm", help="recurrent architecture for --task (lstm)")
+    for flag, kind, text in _SEQ_FLAGS:
+        t.add_argument(flag, type=kind, default=None, help=f"--task runs: {text} (default: the task preset)")
     t.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
     t.add_argument("--resume", action="store_true",
                    help="continue --out from its checkpoint (same settings; bit-identical final weights on CPU)")
@@ -97,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(run_dir, mode, thr, predictions, data_root, test_subset, batch_size, seed, device, progress) -> dict:
+    from .train_seq import evaluate_seq_run, is_seq_run
+
+    if is_seq_run(run_dir):  # a --task run: its seeded test set, per-example difficulty in --predictions
+        return evaluate_seq_run(run_dir, mode, thr, predictions, test_subset, batch_size, seed)
     from .data import load_dataset
     from .evaluate import evaluate
     from .train import load_run
@@ -107,6 +128,8 @@ def _evaluate(run_dir, mode, thr, predictions, data_root, test_subset, batch_siz
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "train" and args.task is not None:
+        return _train_seq(args)
     if args.command == "train":
         from .train import TrainConfig, train
 
@@ -145,6 +168,34 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _train_seq(args: argparse.Namespace) -> int:
+    """``train --task``: the task preset (:class:`~pact_pyro.train_seq.SeqConfig`) overridden by the flags
+    given on the command line."""
+    from .train_seq import SeqConfig, evaluate_seq_run, train_seq
+
+    given = {tok[2:].split("=")[0].replace("-", "_") for tok in getattr(args, "argv", []) if tok.startswith("--")}
+    unused = sorted(given & {"dataset", "depth", "epochs", "augment", "train_subset", "resume", "optimizer"})
+    if unused:
+        raise ValueError(f"--{unused[0].replace('_', '-')} does not apply to --task runs (see --steps, --lr)")
+    cfg = SeqConfig(task=args.task, arch=args.arch)
+    for name in ("method", "prior", "tau", "poisson_rate", "guide", "temperature", "batch_size", "lr", "seed"):
+        if name in given:
+            setattr(cfg, name, getattr(args, name))
+    for flag, _, _ in _SEQ_FLAGS:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.test_subset is not None:
+        cfg.test_examples = args.test_subset
+    out = train_seq(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"run directory: {out}", file=sys.stderr)
+    if not args.no_eval:
+        res = evaluate_seq_run(out)
+        (out / "eval_threshold.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps(res))
+    return 0
+
+
 def _flops(args) -> int:
     from .data import DATASETS
     from .flops import FlopTable
@@ -163,6 +214,7 @@ def _flops(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (train --task)
     try:
         return _run(args)
     except (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError) as err:
