@@ -18,6 +18,7 @@ Write a new guide by subclassing and implementing :meth:`HaltingGuide.posterior`
 from __future__ import annotations
 
 import itertools
+import math
 from abc import abstractmethod
 
 import pyro
@@ -55,6 +56,8 @@ class HaltingGuide(GuideMessenger, PyroModule, metaclass=_GuideMeta):
         super().__init__(model.model)
         self.temperature = check_temperature(temperature)
         self.bias_init = float(bias_init)
+        if not math.isfinite(self.bias_init):
+            raise ValueError(f"bias_init must be a finite halting logit, got {bias_init!r}")
         self.heads = nn.ModuleList(
             nn.ModuleList(HaltingHead(c, self.bias_init) for _ in range(L - 1))
             for c, L in zip(model.block_channels, model.units_per_block, strict=True)
@@ -76,6 +79,11 @@ class HaltingGuide(GuideMessenger, PyroModule, metaclass=_GuideMeta):
             return prior
         pyro.module(f"{self.pyro_id}_{b}", self.heads[b])
         L = self.units_per_block[b]
+        if self.training and self.upstream_value(activation_site(b, 0)).shape[0] < 2:
+            raise ValueError(
+                "training needs batches of >= 2 examples (the halting heads use BatchNorm over the batch), got 1; "
+                "call .eval() on model and guide to score single examples"
+            )
         logits = torch.stack(
             [self.halting_logits(b, l, self.upstream_value(activation_site(b, l))) for l in range(L - 1)], -1
         )

@@ -79,6 +79,8 @@ class PACTResNet(PyroModule):
             raise ValueError(f"y must be a 1-D tensor of {x.shape[0]} labels, got {getattr(y, 'shape', y)}")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+        if y.device != x.device:
+            raise ValueError(f"y is on device {y.device} but x is on {x.device}")
         k = self.backbone.num_classes
         if bool(((y < 0) | (y >= k)).any()):
             raise ValueError(f"y must lie in 0..{k - 1}, got values {int(y.min())}..{int(y.max())}")

@@ -114,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(run_dir, mode, thr, predictions, data_root, test_subset, batch_size, seed, device, progress) -> dict:
+    from .threshold import _check_mode
     from .train_seq import evaluate_seq_run, is_seq_run
 
+    _check_mode(thr, mode)  # before any loading
     if is_seq_run(run_dir):  # a --task run: its seeded test set, per-example difficulty in --predictions
         return evaluate_seq_run(run_dir, mode, thr, predictions, test_subset, batch_size, seed)
     from .data import load_dataset

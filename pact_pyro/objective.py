@@ -45,6 +45,8 @@ class MAPObjective:
     """
 
     def __init__(self, plate: str = DATA_PLATE) -> None:
+        if not isinstance(plate, str) or not plate:
+            raise TypeError(f"plate must be the name (str) of the model's data plate, got {plate!r}")
         self.plate = plate
 
     def _batch_size(self, trace: Trace) -> int:

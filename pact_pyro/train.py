@@ -122,6 +122,8 @@ class TrainConfig:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU."""
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.split(":")[0] == "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -76,6 +76,13 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"x must hold >= 1 image of at least 4x4 pixels, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be floating point, got dtype {x.dtype}")
+        w = self.stem.weight
+        if x.device != w.device:
+            raise ValueError(f"x is on device {x.device} but the network is on {w.device}; move one with .to()")
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype} but the network has {w.dtype}; convert one of them")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf values")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The full network (every unit): ``[B, C_in, H, W] → logits [B, classes]``."""
