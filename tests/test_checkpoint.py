@@ -212,3 +212,34 @@ def test_optimizer_state_survives_a_new_process_layout():
         assert torch.equal(v, expected[k]), k
     with pytest.raises(ck.CheckpointError, match="unknown parameters"):
         ck.restore_optim(optim2, {"model.nope": {}}, {"model": model2})
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_load_run_on_each_device(tmp_path, device):
+    """A checkpoint (always stored on CPU) loads onto every device present and scores a batch there."""
+    from pact_pyro.threshold import threshold
+
+    model, guide, _ = load_run(_write_run(tmp_path / "run"), device)
+    x = torch.randn(3, 1, 28, 28, device=device)
+    r = threshold(model, guide, x)
+    assert r.logits.device.type == device and bool(r.logits.isfinite().all())
+    if device == "cuda":
+        with pytest.raises(ValueError, match="x is on device cpu but the network is on cuda"):
+            threshold(model, guide, x.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is CUDA-only")
+def test_amp_step_is_finite_on_cuda():
+    from pact_pyro.objective import MAPObjective
+
+    model, guide = build(TrainConfig(depth=14, device="cuda"))
+    model.cuda()
+    guide.cuda()
+    x, y = torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = MAPObjective()(model.model, guide, x, y)
+    loss.backward()
+    assert bool(loss.isfinite()) and all(bool(p.grad.isfinite().all()) for p in model.parameters())
