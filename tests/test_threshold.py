@@ -155,3 +155,28 @@ def test_threshold_keeps_only_the_current_state(seed):
     masked_peak, masked_kept = _peak_and_kept(lambda: evaluate_masked(model, guide, x), all_units)
     assert masked_kept > 2 * state  # the check does detect kept per-unit states
     assert masked_peak > full_peak + state
+
+
+def test_folded_heads_equal_the_guide_heads_and_follow_updates():
+    """threshold() folds each stock head (eval BN1d then Linear) into one addmv; it must equal
+    guide.halting_logits, and be refolded when a head's tensors change (training continues, state loaded)."""
+    from pact_pyro.threshold import _head_logits
+
+    model, guide = _net(seed=1)
+    u = torch.randn(7, 16, SIZE, SIZE, dtype=torch.float64)
+    with torch.no_grad():
+        for b, w in enumerate(model.backbone.widths):
+            ub = torch.randn(7, w, SIZE >> b, SIZE >> b, dtype=torch.float64)
+            for l in range(len(guide.heads[b])):
+                torch.testing.assert_close(_head_logits(guide)(b, l, ub), guide.halting_logits(b, l, ub))
+        guide.heads[0][0].bn.running_mean.add_(0.5)  # in place: the version counter changes
+        guide.heads[0][0].linear.bias.sub_(1.0)
+        torch.testing.assert_close(_head_logits(guide)(0, 0, u), guide.halting_logits(0, 0, u))
+
+    class Shifted(type(guide)):
+        def halting_logits(self, block, unit, u):
+            return super().halting_logits(block, unit, u) + 100.0
+
+    guide.__class__ = Shifted  # an overridden halting_logits is always used as is
+    x = torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64)
+    assert (threshold(model, guide, x).units == 1).all()
