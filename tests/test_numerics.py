@@ -22,7 +22,7 @@ from pact_pyro.priors import TruncatedGeometric
 from pact_pyro.relaxed import LOW_TEMPERATURE, check_temperature
 
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     database=None,
     derandomize=True,

@@ -25,13 +25,13 @@ from pact_pyro.checkpoint import load_checkpoint
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
 
 # depth 14: L = 2 units per block, so halting latents (and their RNG draws) are part of the trajectory.
-# 64 examples / batch 16 = 4 steps per epoch, 2 epochs = 8 steps; a checkpoint every 2 steps.
+# 48 examples / batch 16 = 3 steps per epoch, 2 epochs = 6 steps; a checkpoint every 2 steps.
 ARGS = [
-    "train", "--dataset", "mnist", "--depth", "14", "--train-subset", "64", "--batch-size", "16",
+    "train", "--dataset", "mnist", "--depth", "14", "--train-subset", "48", "--batch-size", "16",
     "--epochs", "2", "--seed", "3", "--device", "cpu", "--checkpoint-every", "2",
     "--no-eval", "--no-progress",
 ]  # fmt: skip
-TOTAL = 8
+TOTAL = 6
 
 
 def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
@@ -167,3 +167,38 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_root, tmp_path, one_thread, mo
     good = load_checkpoint(out / "checkpoint.pt")
     assert good["step"] == 4
     assert all(bool(v.isfinite().all()) for v in good["model"].values() if v.is_floating_point())
+
+
+def test_crash_and_resume_with_augmentation_sgd_and_warmup(tiny_root, tmp_path, one_thread, monkeypatch):
+    """In-process crash (an exception at step 5) with the other optimizer (SGD + step decay), random-crop
+    augmentation drawn from the data generator, and a τ warm-up: resumed weights are still bit-identical."""
+    import pyro
+
+    from pact_pyro.train import TrainConfig, train
+
+    cfg = dict(dataset="mnist", depth=14, train_subset=48, batch_size=16, epochs=2.0, seed=1, device="cpu",
+               optimizer="sgd", lr=0.05, augment=True, tau_warmup=0.5, checkpoint_every=2)  # fmt: skip
+    cfg["data_root"] = str(tiny_root)
+    train(TrainConfig(**cfg), tmp_path / "full", progress=False)
+
+    real_step = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(TrainConfig(**cfg), tmp_path / "crashed", progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] == 4
+    train(TrainConfig(**cfg), tmp_path / "crashed", progress=False, resume=True)
+    a, b = (
+        load_checkpoint(tmp_path / "full" / "checkpoint.pt"),
+        load_checkpoint(tmp_path / "crashed" / "checkpoint.pt"),
+    )
+    for key in ("model", "guide", "optim"):
+        _assert_identical(a[key], b[key], key)
