@@ -6,12 +6,15 @@ Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``
   ``zero_grad → forward → backward → step``.
 * ``pact``: ``pyro.infer.SVI(model.model, guide, pyro.optim.<opt>, loss=pact_pyro.MAPObjective()).step(x, y)``
   with the :class:`~pact_pyro.guides.RelaxedBernoulliGuide` (a ``GuideMessenger``: one backbone pass; the
-  loss is ``-(log p(y | x, z) + log p(z)) / B`` with ``z`` the guide's relaxed sample).
+  loss is ``-(log p(y | x, z) + log p(z)) / B`` with ``z`` the guide's relaxed sample) and Pyro's stock
+  optimizer wrapper ``pyro.optim.PyroOptim(torch.optim.<opt>)`` (one torch optimizer per parameter tensor);
+* ``pact_single``: the same with :class:`pact_pyro.optim.SingleOptimizer` (one torch optimizer over all
+  tensors, as in the plain loop);
 * ``pact_replay`` (``--replay``): the same loss with a plain-function guide that recomputes the backbone to
   get the head inputs; ``MAPObjective`` traces it and replays the model (two backbone passes per step).
 
 Prints one JSON line: per-side medians/quartiles (ms), ``pact / plain`` and ``pact_replay / plain`` ratios
-(goal for ``pact``: <= 1.10), the settings and the environment. Smoke mode: ``--smoke`` (tiny sizes).
+(goal: <= 1.10), the settings and the environment. Smoke mode: ``--smoke`` (tiny sizes).
 
 Usage: ``python benchmarks/train_step.py --threads 2 --reps 20 [--replay] [--profile]``
 """
@@ -35,6 +38,7 @@ from pact_pyro.models import pact_resnet  # noqa: E402
 from pact_pyro.halting import mix_residuals, still_running  # noqa: E402
 from pact_pyro.nn import ResNetBackbone, resnet_units_per_block  # noqa: E402
 from pact_pyro.objective import MAPObjective  # noqa: E402
+from pact_pyro.optim import SingleOptimizer  # noqa: E402
 from pact_pyro.sites import DATA_PLATE, halting_site  # noqa: E402
 
 OPTIMIZERS = {
@@ -96,6 +100,12 @@ def build(args):
         model.model, guide, pyro.optim.PyroOptim(opt_cls, dict(opt_args)), loss=MAPObjective()
     )
     fns["pact"] = lambda: svi.step(x, y)
+    model_s = pact_resnet(args.depth)
+    guide_s = get_guide("relaxed", model_s)
+    svi_s = pyro.infer.SVI(
+        model_s.model, guide_s, SingleOptimizer(opt_cls, dict(opt_args)), loss=MAPObjective()
+    )
+    fns["pact_single"] = lambda: svi_s.step(x, y)
     if args.replay:
         model_r = pact_resnet(args.depth)
         guide_r = get_guide("relaxed", model_r)
@@ -155,6 +165,7 @@ def main(argv=None) -> dict:
         "pact_over_plain": ratio_stats(times["pact"], times["plain"]),
         "goal": "pact_over_plain.ratio_of_medians <= 1.10",
     }
+    record["pact_single_over_plain"] = ratio_stats(times["pact_single"], times["plain"])
     if "pact_replay" in times:
         record["pact_replay_over_plain"] = ratio_stats(times["pact_replay"], times["plain"])
     record["settings"] = {
