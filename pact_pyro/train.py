@@ -41,7 +41,10 @@ class TrainConfig:
     prior: str = "geometric"
     tau: float = 0.1  # geometric prior: log p(N) = -τN + const, per block
     poisson_rate: float = 2.0
-    guide: str = "relaxed"
+    # straight-through (hard z forward, Concrete gradient backward): on the MNIST demo it matched the relaxed
+    # guide's thresholded accuracy (98.86% vs 98.99%) and kept sampled evaluation within 0.4 points of it
+    # (relaxed: 0.5-0.6 points lower), since training already sees the hard decisions made at test time
+    guide: str = "straight-through"
     temperature: float = 2 / 3  # Concrete λ (Maddison et al.'s binary suggestion)
     tau_warmup: float = 0.0  # fraction of training over which the prior weight ramps 0 → 1
     epochs: float = 1.0
