@@ -39,8 +39,12 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, list[float]]:
-    """Time each zero-argument callable ``reps`` times (seconds), interleaved, after ``warmup`` calls of each.
+def interleaved(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """Time each zero-argument callable ``reps`` times (wall-clock seconds), interleaved, after ``warmup``
+    calls of each. With ``cpu`` (a dict), also record each call's process CPU time (``time.process_time``,
+    all threads): less sensitive to other processes than wall-clock, but it counts threads' spin-waiting.
 
     Round ``r`` runs the callables in order when ``r`` is even and in reverse order when it is odd.
     """
@@ -51,11 +55,16 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) ->
         for n in names:
             fns[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
+    if cpu is not None:
+        cpu.update({n: [] for n in names})
     for r in range(reps):
         for n in names if r % 2 == 0 else reversed(names):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)
+            if cpu is not None:
+                cpu[n].append(time.process_time() - c0)
     return times
 
 

@@ -75,7 +75,8 @@ def measure(model, guide, xs: list[torch.Tensor], table: FlopTable, reps: int, w
 
     net.eval()
     guide.eval()
-    times = interleaved({"full": full, "threshold": thr}, reps, warmup)
+    cpu: dict = {}
+    times = interleaved({"full": full, "threshold": thr}, reps, warmup, cpu)
     flops = torch.cat([threshold(model, guide, x, flop_table=table).flops for x in xs]).double()
     units = torch.cat([threshold(model, guide, x, flop_table=table).units for x in xs]).double()
     full_flops = table.stem + table.classifier + sum(map(sum, table.units))
@@ -87,6 +88,7 @@ def measure(model, guide, xs: list[torch.Tensor], table: FlopTable, reps: int, w
         "wall_speedup_per_round": {k: v for k, v in wall.items() if k != "ratio_of_medians"},
         "flop_speedup": round(flop_speedup, 4),
         "quotient": round(wall["ratio_of_medians"] / flop_speedup, 4),
+        "cpu_time_speedup": ratio_stats(cpu["full"], cpu["threshold"])["ratio_of_medians"],
         "mean_units_per_block": [round(float(v), 3) for v in units.mean(0)],
         "flops_full": full_flops,
         "flops_threshold_mean": round(float(flops.mean()), 1),

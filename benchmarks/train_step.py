@@ -158,7 +158,8 @@ def main(argv=None) -> dict:
     fns = build(args)
     if args.profile:
         profile(fns, args.profile)
-    times = interleaved(fns, args.reps, args.warmup)
+    cpu: dict = {}
+    times = interleaved(fns, args.reps, args.warmup, cpu)
     record = {
         "benchmark": "train_step",
         "sides": {k: side_stats(v) for k, v in times.items()},
@@ -168,6 +169,14 @@ def main(argv=None) -> dict:
     record["pact_single_over_plain"] = ratio_stats(times["pact_single"], times["plain"])
     if "pact_replay" in times:
         record["pact_replay_over_plain"] = ratio_stats(times["pact_replay"], times["plain"])
+    record["cpu_time"] = {  # process CPU time (all threads): a cross-check less exposed to other processes
+        "sides": {k: side_stats(v) for k, v in cpu.items()},
+        **{
+            f"{k}_over_plain": ratio_stats(v, cpu["plain"])["ratio_of_medians"]
+            for k, v in cpu.items()
+            if k != "plain"
+        },
+    }
     record["settings"] = {
         k: getattr(args, k) for k in ("depth", "batch", "size", "optimizer", "reps", "warmup", "smoke")
     }
