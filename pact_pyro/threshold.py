@@ -67,34 +67,44 @@ def _head_logits(guide):
 
     if type(guide).halting_logits is not HaltingGuide.halting_logits:
         return guide.halting_logits
-    heads = [h for block in guide.heads for h in block]
-    if not all(type(h) is HaltingHead and h.bn.running_var is not None and h.bn.affine for h in heads):
-        return guide.halting_logits
-    bn_lin = [(h.bn, h.linear) for h in heads]
-    tensors = [t for bn, lin in bn_lin for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)]
-    tensors += [t for _, lin in bn_lin for t in (lin.weight, lin.bias)]
-    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    blocks = [list(block) for block in guide.heads]
+    ids = tuple(id(h) for hb in blocks for h in hb)
     cached = _FOLDED.get(guide)
-    if cached is None or cached[0] != key:
+    if cached is None or cached[0] != ids:  # first call, or heads replaced: (re)check the head types
+        heads = [h for hb in blocks for h in hb]
+        stock = all(type(h) is HaltingHead and h.bn.affine and h.bn.running_var is not None for h in heads)
+        pairs = [[(h.bn, h.linear) for h in hb] for hb in blocks] if stock else None
+        cached = _FOLDED[guide] = (ids, pairs, None, None)
+    ids, pairs, key, folded = cached
+    if pairs is None:
+        return guide.halting_logits
+    # the fold is stale once any head tensor changed (optimizer step, load_state_dict, .to()); plain dict
+    # look-ups: nn.Module.__getattr__ would cost more than the fold saves at batch 1
+    now = tuple(
+        (t.data_ptr(), t._version)
+        for pb in pairs
+        for bn, lin in pb
+        for t in (*bn._buffers.values(), *bn._parameters.values(), *lin._parameters.values())
+        if t is not None
+    )
+    if now != key:
         folded = []
-        for block in guide.heads:
+        for pb in pairs:
             folded.append([])
-            for h in block:
-                bn, lin = h.bn, h.linear
+            for bn, lin in pb:
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 a = lin.weight[0] * scale
                 c = lin.bias + lin.weight[0] @ (bn.bias - bn.running_mean * scale)
                 folded[-1].append((a, c, {}))
-        cached = _FOLDED[guide] = (key, folded)
-    folded = cached[1]
+        _FOLDED[guide] = (ids, pairs, now, folded)
 
     def logits(b: int, l: int, u: torch.Tensor) -> torch.Tensor:
-        a, c, per_size = folded[b][l]
+        a, c, per_shape = folded[b][l]
         hw = u.shape[2] * u.shape[3]
-        w = per_size.get(hw)
-        if w is None:
-            w = per_size[hw] = (a / hw).repeat_interleave(hw).to(u.dtype)
-        return torch.addmv(c.to(u.dtype), u.reshape(u.shape[0], -1), w)
+        wc = per_shape.get((hw, u.dtype))
+        if wc is None:
+            wc = per_shape[hw, u.dtype] = ((a / hw).repeat_interleave(hw).to(u.dtype), c.to(u.dtype))
+        return torch.addmv(wc[1], u.reshape(u.shape[0], -1), wc[0])
 
     return logits
 
@@ -138,7 +148,7 @@ def threshold(
         B = x.shape[0]
         dev = x.device
         units = torch.empty(B, len(net.blocks), dtype=torch.int64, device=dev)
-        rows = torch.arange(B, device=dev)
+        rows = None  # torch.arange(B), made at the first compaction
         head_logits = _head_logits(guide)
         u = net.stem(x)
         for b, block in enumerate(net.blocks):
@@ -148,15 +158,17 @@ def threshold(
             # copy, no scatter, one full-size state per block.
             k, order, ks = B, None, []
             for l in range(1, len(block)):
-                stop = _decide(head_logits(b, l - 1, u[:k]), threshold, mode, generator)
-                if bool(stop.any()):
+                stop = _decide(head_logits(b, l - 1, u if k == B else u[:k]), threshold, mode, generator)
+                if bool(stop) if k == 1 else bool(stop.any()):  # (batch 1 is dispatch-bound: one op less)
                     keep = ~stop
                     n = int(keep.sum())
                     if n == 0:
                         break
                     perm = torch.cat([keep.nonzero().squeeze(1), stop.nonzero().squeeze(1)])  # stable
                     u[:k] = u[:k].index_select(0, perm)
-                    order = rows.clone() if order is None else order
+                    if order is None:
+                        rows = torch.arange(B, device=dev) if rows is None else rows
+                        order = rows.clone()
                     order[:k] = order[:k][perm]
                     k = n
                 if k == B:
@@ -164,12 +176,11 @@ def threshold(
                 else:
                     u[:k] = block[l](u[:k])
                 ks.append(k)
-            # row i ran unit 1 and every later unit l whose running prefix covered it (k_l > i)
-            n_rows = 1 + (rows.unsqueeze(1) < torch.tensor(ks, dtype=torch.int64, device=dev)).sum(1)
-            if order is None:
-                units[:, b] = n_rows
-            else:
-                units[order, b] = n_rows
+            if order is None:  # nobody halted before the last unit run
+                units[:, b] = 1 + len(ks)
+            else:  # row i ran unit 1 and every later unit l whose running prefix covered it (k_l > i)
+                covered = rows.unsqueeze(1) < torch.tensor(ks, dtype=torch.int64, device=dev)
+                units[order, b] = 1 + covered.sum(1)
                 inv = torch.empty_like(order)
                 inv[order] = rows
                 u = u.index_select(0, inv)  # back to example order
