@@ -189,3 +189,32 @@ def test_act_lstm_early_exit_matches_training_forward():
     torch.testing.assert_close(lg[:, -1].log_softmax(-1), tr.nodes["y"]["fn"].logits, atol=1e-5, rtol=0)
     rho = torch.stack([tr.nodes[f"ponder_units_{t}"]["value"] for t in range(T)], -1)
     assert torch.equal(units, torch.ceil(rho - 1e-4).long() - 1)  # ρ = N + R with R ∈ (0, 1]
+
+
+def test_parity_example_and_cli_smoke(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pact_pyro.cli import main as cli_main
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "parity_lstm.py"
+    spec = importlib.util.spec_from_file_location("parity_lstm", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    summary = ex.main(
+        ex.build_parser().parse_args(["--smoke", "--runs", str(tmp_path / "ex"), "--methods", "pact"])
+    )
+    assert set(summary) == {"pact"} and (tmp_path / "ex" / "pact" / "predictions.csv").is_file()
+    out = tmp_path / "cli"
+    flags = ["--task", "parity", "--arch", "lstm", "--bits", "4", "--max-ponder", "3", "--hidden-size", "8"]
+    flags += ["--steps", "2", "--batch-size", "8", "--test-subset", "16", "--tau", "0.2", "--no-progress"]
+    assert cli_main(["train", *flags, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["task"], cfg["bits"], cfg["tau"], cfg["lr"]) == ("parity", 4, 0.2, 1e-3)  # lr: the preset's
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(out), "--predictions", str(tmp_path / "p.csv")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "flops_mean", "flops_std", "flops_full", "units_mean", "examples", "mode"):
+        assert key in res
+    assert (tmp_path / "p.csv").read_text().splitlines()[0].endswith(",flops,difficulty")
