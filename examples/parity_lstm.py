@@ -1,9 +1,9 @@
 """Parity (Graves' ACT task) with PACT-LSTM, contrasted with a one-step LSTM and ACT-LSTM at the same budget.
 
 The CPU preset (``pact_pyro.train_seq.PARITY_PRESET``): 16 bits, ``M = 12`` ponder steps, hidden 128,
-batch 128, ClippedAdam 1e-3 decaying to 1e-4, geometric prior ``τ = 0.01`` whose weight ramps linearly from 0
-over the first 3000 steps (a constant penalty from step 0 collapsed every input to one ponder step; no
-penalty first and one later kept all ``M`` steps: measured-facts.md). One thread::
+batch 128, 15k steps, ClippedAdam 1e-3 decaying to 3e-4, geometric prior ``τ = 0.03`` whose weight is 0
+until the validation accuracy reaches 75%, then ramps linearly to 1 over 2000 steps (here a ramp from step 0
+collapsed every input to one ponder step before anything was learnt). One thread::
 
     OMP_NUM_THREADS=1 python examples/parity_lstm.py --runs runs/parity --methods pact plain act
 
@@ -15,6 +15,21 @@ or one run through the CLI::
 Prints, per method, the test accuracy (thresholded), mean ponder steps, FLOPs, the mean steps for each number
 ``k`` of non-zero entries and the Spearman correlation between steps and ``k``; writes ``summary.json`` in
 ``--runs``. ``--smoke`` runs a few steps of every method (for tests).
+
+Measured (10k test examples; ~25-40 min wall each on a 2-core machine shared with other jobs, ~12 min at the
+~20 steps/s seen when it was free):
+
+=======  ========  ============  ===========  ========================
+method   accuracy  ponder steps  FLOPs ratio  Spearman(steps, k)
+=======  ========  ============  ===========  ========================
+PACT     93.4%     6.91 / 12     0.58         −0.79
+ACT      90.9%     6.13 / 12     0.51         −0.78
+plain    53.5%     1 / 1         —            —
+=======  ========  ============  ===========  ========================
+
+PACT mean steps for k = 1..16:
+12.0, 10.8, 9.5, 8.5, 7.9, 7.6, 7.3, 7.1, 6.7, 6.3, 5.9, 5.2, 4.8, 4.1, 3.5, 3.3;
+errors sit at large k (k = 16: 62% correct), where it stops earliest. The 99% target was not reached.
 """
 
 from __future__ import annotations

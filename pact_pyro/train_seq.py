@@ -11,6 +11,13 @@ Measured here (parity, 16 bits, M = 12): with the ramp from step 0 the relaxed p
 ~1.3 within 600 steps — before the network learnt anything — even with the halting head's learning rate cut
 10× or its input detached; with τ = 0 it stayed at ~7. A penalty must wait until the task is being learnt.
 
+Measured with the preset (parity 16 bits, M = 12, 15k steps, one thread on a shared 2-core machine, test
+set of 10k): PACT-LSTM 93.4% thresholded accuracy, 6.91 mean ponder steps (0.58 of the FLOPs),
+Spearman(steps, k)
+= −0.79; ACT-LSTM with the same schedule 90.9%, 6.13 steps; one-step LSTM 53.5% (chance). With τ = 0.01
+(ramp from 90% validation accuracy over 3k steps, lr → 1e-4): PACT 95.9% but 11.05 steps, ρ = −0.49.
+The network learns parity only after ~5k steps of loss ≈ 0.693; the 99% target was not reached here.
+
 Evaluation is deterministic thresholding (PACT: stop at the first ``h ≥ 0.5``; ACT: its own rule) with real
 early exit; FLOPs per example count the executed cell applications, halting heads and readouts.
 """
@@ -62,10 +69,10 @@ class SeqConfig:
     max_ponder: int = 12  # M
     hidden_size: int = 128
     prior: str = "geometric"
-    tau: float = 0.01  # PACT: nats per ponder step; ACT: weight of ρ = N + R
+    tau: float = 0.03  # PACT: nats per ponder step; ACT: weight of ρ = N + R
     poisson_rate: float = 2.0
-    tau_ramp_steps: int = 3000  # linear ramp of the prior weight 0 → 1 ...
-    tau_start_accuracy: float = 0.9  # ... starting once validation accuracy reaches this (0: from step 0)
+    tau_ramp_steps: int = 2000  # linear ramp of the prior weight 0 → 1 ...
+    tau_start_accuracy: float = 0.75  # ... starting once validation accuracy reaches this (0: from step 0)
     guide: str = "relaxed"
     temperature: float = 2 / 3
     bias_init: float = -3.0
@@ -73,7 +80,7 @@ class SeqConfig:
     steps: int = 15000
     batch_size: int = 128
     lr: float = 1e-3
-    lr_final: float = 0.1  # exponential decay to lr · lr_final at the last step
+    lr_final: float = 0.3  # exponential decay to lr · lr_final at the last step
     clip_norm: float = 10.0
     test_examples: int = 10000
     val_examples: int = 1000
