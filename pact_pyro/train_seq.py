@@ -16,7 +16,9 @@ set of 10k): PACT-LSTM 93.4% thresholded accuracy, 6.91 mean ponder steps (0.58 
 Spearman(steps, k)
 = −0.79; ACT-LSTM with the same schedule 90.9%, 6.13 steps; one-step LSTM 53.5% (chance). With τ = 0.01
 (ramp from 90% validation accuracy over 3k steps, lr → 1e-4): PACT 95.9% but 11.05 steps, ρ = −0.49.
-The network learns parity only after ~5k steps of loss ≈ 0.693; the 99% target was not reached here.
+The network learns parity only after ~5k steps of loss ≈ 0.693; the 99% target was not reached here. The
+schedule is fragile: the same preset run for 25k steps (the learning rate stays high for longer) went from 86%
+at 8.9 steps (step 9.5k) to ~68% at ~5 steps (step 15k), once briefly to 1.1 steps; accuracy did not recover.
 
 Evaluation is deterministic thresholding (PACT: stop at the first ``h ≥ 0.5``; ACT: its own rule) with real
 early exit; FLOPs per example count the executed cell applications, halting heads and readouts.
