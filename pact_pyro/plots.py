@@ -213,7 +213,7 @@ def _name(c: int, class_names: Sequence[str] | None) -> str:
 
 def read_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pandas.DataFrame:
     """Concatenate sweep CSVs (e.g. ``results/*.csv`` of ``examples/tradeoff_sweep.py``), adding a ``source``
-    column. Needs an ``accuracy`` column and a FLOPs column (``flops_ratio``, ``flops_mean`` or ``flops``)."""
+    column. Needs an ``accuracy`` column and a FLOPs column (``flops_mean``, ``flops`` or ``flops_ratio``)."""
     import pandas as pd
 
     if isinstance(paths, str | os.PathLike):
@@ -233,23 +233,42 @@ def read_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pandas
     return df
 
 
-def plot_tradeoff(sweep: pandas.DataFrame, label: str | None = "tau") -> Figure:
-    """Accuracy against FLOPs, one line per ``method`` (or ``source``), points annotated with ``label``."""
+def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5) -> Figure:
+    """Test accuracy against mean FLOPs per example, one line per ``method`` (or ``source``).
+
+    Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Rows of other test thresholds
+    (a ``threshold`` column) are left out so that each PACT model appears once, at ``threshold_value``.
+    """
     plt = _plt()
-    xcol = next(c for c in ("flops_ratio", "flops_mean", "flops") if c in sweep.columns)
+    xcol = next(c for c in ("flops_mean", "flops", "flops_ratio") if c in sweep.columns)
+    if "threshold" in sweep.columns:
+        thr = sweep["threshold"]
+        sweep = sweep[thr.isna() | (thr == threshold_value)]
     group = next((c for c in ("method", "source") if c in sweep.columns), None)
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    scale = 1e6 if xcol != "flops_ratio" else 1.0
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
     for name, df in sweep.groupby(group) if group else [("", sweep)]:
         df = df.sort_values(xcol)
-        ax.plot(df[xcol], 100 * df["accuracy"], "o-", label=str(name), ms=4)
-        if label and label in df.columns:
-            for x, y, t in zip(df[xcol], 100 * df["accuracy"], df[label], strict=True):
-                ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "FLOPs per example")
+        ax.plot(df[xcol] / scale, 100 * df["accuracy"], "o-", label=str(name), ms=4)
+        for _, row in df.iterrows():
+            tau = row.get("tau", float("nan"))
+            note = (
+                f"τ={tau:g}"
+                if isinstance(tau, float) and tau == tau
+                else f"d{row['depth']}"
+                if "depth" in row
+                else ""
+            )
+            ax.annotate(
+                note,
+                (row[xcol] / scale, 100 * row["accuracy"]),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize=7,
+            )
+    ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(
-        "accuracy vs computation" + (f" (labels: {label})" if label in sweep.columns else ""), fontsize=10
-    )
+    ax.set_title(f"accuracy vs computation (PACT at threshold {threshold_value:g})", fontsize=10)
     ax.grid(alpha=0.3)
     if group:
         ax.legend(fontsize=8)
