@@ -15,5 +15,12 @@ def get_guide(name: str, model, **kwargs) -> HaltingGuide:
     return GUIDES[name](model, **kwargs)
 
 
-__all__ = ["HaltingGuide", "RelaxedBernoulliGuide", "StraightThroughGuide", "GUIDES", "get_guide", "EmptyGuide"]
+__all__ = [
+    "HaltingGuide",
+    "RelaxedBernoulliGuide",
+    "StraightThroughGuide",
+    "GUIDES",
+    "get_guide",
+    "EmptyGuide",
+]
 __all__ += ["LSTMHaltingGuide", "LSTMRelaxedBernoulliGuide", "LSTMStraightThroughGuide", "get_lstm_guide"]

@@ -81,8 +81,8 @@ class HaltingGuide(GuideMessenger, PyroModule, metaclass=_GuideMeta):
         L = self.units_per_block[b]
         if self.training and self.upstream_value(activation_site(b, 0)).shape[0] < 2:
             raise ValueError(
-                "training needs batches of >= 2 examples (the halting heads use BatchNorm over the batch), got 1; "
-                "call .eval() on model and guide to score single examples"
+                "training needs batches of >= 2 examples (the halting heads use BatchNorm over the batch), "
+                "got 1; call .eval() on model and guide to score single examples"
             )
         logits = torch.stack(
             [self.halting_logits(b, l, self.upstream_value(activation_site(b, l))) for l in range(L - 1)], -1

@@ -26,7 +26,13 @@ Recurrent models (pondering LSTM; input step ``t``, 0-based, ``M`` ponder steps 
 from __future__ import annotations
 
 __all__ = ["DATA_PLATE", "halting_site", "activation_site", "units_site", "parse_halting_site", "OBS_SITE"]
-__all__ += ["ponder_state_site", "ponder_halting_site", "ponder_units_site", "parse_ponder_site", "ACT_COST_SITE"]
+__all__ += [
+    "ponder_state_site",
+    "ponder_halting_site",
+    "ponder_units_site",
+    "parse_ponder_site",
+    "ACT_COST_SITE",
+]
 
 ACT_COST_SITE = "act_cost"
 

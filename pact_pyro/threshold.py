@@ -33,7 +33,9 @@ class ThresholdResult(NamedTuple):
     flops: torch.Tensor
 
 
-def _decide(logits: torch.Tensor, threshold: float, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+def _decide(
+    logits: torch.Tensor, threshold: float, mode: str, generator: torch.Generator | None
+) -> torch.Tensor:
     h = torch.sigmoid(logits)
     if mode == "threshold":
         return h >= threshold

@@ -135,8 +135,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build(cfg: TrainConfig):
-    """Model and guide for a config (fresh weights), by ``cfg.method``: ``pact`` (PACT-ResNet + halting guide),
-    ``act`` (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
+    """Model and guide for a config (fresh weights), by ``cfg.method``: ``pact`` (PACT-ResNet + halting
+    guide), ``act`` (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
     :class:`~pact_pyro.guides.EmptyGuide`, so every method trains through the same SVI loop."""
     from pact_pyro.guides import EmptyGuide, get_guide
     from pact_pyro.models import act_resnet, pact_resnet, plain_resnet
@@ -172,7 +172,9 @@ def prepare_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Create ``out``; refuse an existing non-empty run directory unless ``overwrite``."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"out={str(out)!r} already exists and is not empty; pass --overwrite or choose another --out")
+        raise RunDirError(
+            f"out={str(out)!r} already exists and is not empty; pass --overwrite or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -211,7 +213,8 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
     ]
     if diff:
         raise ValueError(
-            f"cannot resume {str(path)!r}: it was trained with " + ", ".join(diff[:4])
+            f"cannot resume {str(path)!r}: it was trained with "
+            + ", ".join(diff[:4])
             + "; pass the same settings or start a new run"
         )
 
@@ -342,8 +345,11 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
         if len(per_rank) == ctx.world_size:
             torch.set_rng_state(per_rank[ctx.rank])
         elif ctx.is_main and progress:
-            print(f"note: checkpoint from {len(per_rank)} process(es), now {ctx.world_size}: halting noise "
-                  "streams restart", file=sys.stderr)
+            print(
+                f"note: checkpoint from {len(per_rank)} process(es), now {ctx.world_size}: halting noise "
+                "streams restart",
+                file=sys.stderr,
+            )
         gen.set_state(ckpt["rng"]["data_epoch_start"])
         step, epochs_done, skip = ckpt["step"], ckpt["epochs_done"], ckpt["step_in_epoch"]
 
@@ -414,9 +420,18 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
                 optim.step()  # advance the LR schedule
                 step += 1
                 if metrics is not None and (step % cfg.log_every == 0 or step == total):
-                    n = [float(guide.trace.nodes[units_site(b)]["value"].detach().mean()) for b in range(len(model.units_per_block))
-                         if units_site(b) in guide.trace.nodes]
-                    rec = {"step": step, "epoch": epoch, "loss": loss, "units": n, "time": time.time() - start}
+                    n = [
+                        float(guide.trace.nodes[units_site(b)]["value"].detach().mean())
+                        for b in range(len(model.units_per_block))
+                        if units_site(b) in guide.trace.nodes
+                    ]
+                    rec = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": loss,
+                        "units": n,
+                        "time": time.time() - start,
+                    }
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     bar.set_postfix(loss=f"{loss:.3f}", units="/".join(f"{v:.2f}" for v in n))

@@ -78,7 +78,9 @@ class ResNetBackbone(nn.Module):
             raise TypeError(f"x must be floating point, got dtype {x.dtype}")
         w = self.stem.weight
         if x.device != w.device:
-            raise ValueError(f"x is on device {x.device} but the network is on {w.device}; move one with .to()")
+            raise ValueError(
+                f"x is on device {x.device} but the network is on {w.device}; move one with .to()"
+            )
         if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"x has dtype {x.dtype} but the network has {w.dtype}; convert one of them")
         if not bool(torch.isfinite(x).all()):
