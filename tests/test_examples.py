@@ -26,6 +26,7 @@ NOTEBOOKS = [
     "01_quickstart.ipynb",
     "02_priors_and_guides.ipynb",
     "03_diagnostics_arviz.ipynb",
+    "04_cifar_pact_act_plain.ipynb",
     "05_parity_lstm.ipynb",
 ]
 
