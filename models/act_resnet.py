@@ -39,19 +39,6 @@ def ponder_site(block: int) -> str:
     return f"ponder_{block}"
 
 
-def _check_data(backbone: ResNetBackbone, x: torch.Tensor, y: torch.Tensor | None) -> None:
-    backbone.check_input(x)
-    if y is None:
-        return
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must be a 1-D tensor of {x.shape[0]} labels, got {getattr(y, 'shape', y)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-    k = backbone.num_classes
-    if bool(((y < 0) | (y >= k)).any()):
-        raise ValueError(f"y must lie in 0..{k - 1}, got values {int(y.min())}..{int(y.max())}")
-
-
 class _NoLatentModel(PyroModule):
     """Shared plumbing: backbone, ``units_per_block``, ``block_channels``, ``prior_weight`` (τ warm-up)."""
 
@@ -98,7 +85,7 @@ class ACTResNet(_NoLatentModel):
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B, C, H, W]``, ``y`` ``[B]`` or ``None``; returns ``y``. Sites: ``units_{b}`` (``N_b``),
         ``ponder_{b}`` (factor ``-τ ρ_b`` scaled by ``prior_weight``), ``y``."""
-        _check_data(self.backbone, x, y)
+        self.backbone.check_data(x, y)
         pyro.module(self.pyro_id, self)
         net = self.backbone
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -137,7 +124,7 @@ class PlainResNet(_NoLatentModel):
     """An ordinary ResNet as a Pyro program: ``y ~ Categorical(logits = backbone(x))``; no halting."""
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        _check_data(self.backbone, x, y)
+        self.backbone.check_data(x, y)
         net = pyro.module(self.pyro_id, self.backbone)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample(OBS_SITE, dist.Categorical(logits=net(x)), obs=y)

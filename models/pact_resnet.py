@@ -71,19 +71,8 @@ class PACTResNet(PyroModule):
         return list(self.backbone.widths)
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Validate ``x`` ``[B, C, H, W]`` and ``y`` ``[B]`` integer labels in ``0..classes-1``."""
-        self.backbone.check_input(x)
-        if y is None:
-            return
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"y must be a 1-D tensor of {x.shape[0]} labels, got {getattr(y, 'shape', y)}")
-        if y.is_floating_point() or y.dtype == torch.bool:
-            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        if y.device != x.device:
-            raise ValueError(f"y is on device {y.device} but x is on {x.device}")
-        k = self.backbone.num_classes
-        if bool(((y < 0) | (y >= k)).any()):
-            raise ValueError(f"y must lie in 0..{k - 1}, got values {int(y.min())}..{int(y.max())}")
+        """Validate ``x`` ``[B, C, H, W]`` and ``y`` ``[B]`` (:meth:`ResNetBackbone.check_data`)."""
+        self.backbone.check_data(x, y)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The generative program. ``x``: ``[B, C, H, W]``; ``y``: ``[B]`` or ``None``. Returns ``y``."""

@@ -86,6 +86,21 @@ class ResNetBackbone(nn.Module):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"x must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf values")
 
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Check ``x`` (:meth:`check_input`) and labels ``y [B]`` in ``0..classes-1`` on ``x``'s device."""
+        self.check_input(x)
+        if y is None:
+            return
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must be a 1-D tensor of {x.shape[0]} labels, got {getattr(y, 'shape', y)}")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+        if y.device != x.device:
+            raise ValueError(f"y is on device {y.device} but x is on {x.device}")
+        k = self.num_classes
+        if bool(((y < 0) | (y >= k)).any()):
+            raise ValueError(f"y must lie in 0..{k - 1}, got values {int(y.min())}..{int(y.max())}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The full network (every unit): ``[B, C_in, H, W] → logits [B, classes]``."""
         u = self.stem(x)
