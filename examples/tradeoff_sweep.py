@@ -12,9 +12,18 @@ into ``<runs>/<name>/sweep_eval.json``. **Resumable**: a run whose ``sweep_eval.
 an unfinished run directory is trained again from scratch. After every run the CSV and the PNG are rewritten
 from all finished runs, so an interrupted sweep still leaves a consistent table.
 
-Rows of ``<out>.csv`` (one per run and, for PACT, per test threshold): ``method, depth, tau, seed, threshold,
-accuracy, flops_mean, flops_std, flops_std_pct`` (std of per-image FLOPs as % of its mean — adaptivity),
-``flops_ratio`` (to the same network with every unit), ``units_mean`` (per block, ``a/b/c``),
+**Variants** (preset key ``variants``, a list of ``{"name": ..., <TrainConfig fields>}``): extra runs that
+change one training setting (guide, temperature, τ warm-up, ...) at a τ of the grid, named
+``<method>_d<depth>_tau<τ>_<name>_s<seed>``; they are CSV rows with ``variant = name`` and plot as separate
+points, never merged with the main curve.
+
+**Two workers** (``--worker 0/2`` and ``--worker 1/2`` in two processes, same ``--runs`` and ``--out``): each
+trains every second run of the plan; CSV and PNG are rewritten atomically from all finished runs by whichever
+finishes.
+
+Rows of ``<out>.csv`` (one per run and, for PACT, per test threshold): ``method, variant, depth, tau, seed,
+threshold, accuracy, flops_mean, flops_std, flops_std_pct`` (std of per-image FLOPs as % of its mean —
+adaptivity), ``flops_ratio`` (to the same network with every unit), ``units_mean`` (per block, ``a/b/c``),
 ``units_correct`` / ``units_wrong`` (mean total executed units of correctly / wrongly classified test images),
 ``unit_patterns`` (number of distinct per-block unit tuples over the test images: 1 means the depth is
 input-independent, i.e. pruning rather than adaptive computation), ``train_seconds``.
@@ -40,9 +49,9 @@ from pact_pyro.evaluate import evaluate
 from pact_pyro.train import TrainConfig, load_run, train
 
 FIELDS = [
-    "method", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std", "flops_std_pct",
-    "flops_ratio", "flops_full", "units_mean", "units_correct", "units_wrong", "n_correct", "n_wrong",
-    "unit_patterns", "examples", "train_seconds", "run",
+    "method", "variant", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std",
+    "flops_std_pct", "flops_ratio", "flops_full", "units_mean", "units_correct", "units_wrong", "n_correct",
+    "n_wrong", "unit_patterns", "examples", "train_seconds", "run",
 ]  # fmt: skip
 
 
@@ -60,6 +69,14 @@ def plan(preset: dict) -> list[tuple[str, dict]]:
                     extra = {k: v for k, v in spec.items() if k not in ("taus",)}
                     cfg = {**base, **extra, "method": method, "tau": tau, "seed": seed}
                     runs.append((f"{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", cfg))
+        for var in preset.get("variants", []):
+            extra = {k: v for k, v in var.items() if k != "name"}
+            cfg = {**base, **pact, **extra, "seed": seed}
+            cfg.pop("taus", None)
+            if "tau" not in cfg or "method" not in cfg:
+                raise ValueError(f"variant {var!r} must set 'method' and 'tau'")
+            cfg["_variant"] = var["name"]
+            runs.append((f"{cfg['method']}_d{cfg['depth']}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg))
         plain = preset.get("plain", {})
         for depth in sorted(plain.get("depths", []), reverse=True):
             extra = {k: v for k, v in plain.items() if k != "depths"}
@@ -89,7 +106,7 @@ def _adaptivity(pred_csv: Path) -> dict:
     }
 
 
-def evaluate_run(run_dir: Path, preset: dict, data_root: str | None) -> list[dict]:
+def evaluate_run(run_dir: Path, preset: dict, data_root: str | None, variant: str = "") -> list[dict]:
     """Evaluate a trained run on the preset's test subset: one row per test threshold (PACT) or one row."""
     spec = preset.get("eval", {})
     model, guide, cfg = load_run(run_dir, "cpu")
@@ -104,6 +121,7 @@ def evaluate_run(run_dir: Path, preset: dict, data_root: str | None) -> list[dic
         rows.append(
             {
                 "method": cfg.method,
+                "variant": variant,
                 "depth": cfg.depth,
                 "tau": cfg.tau if cfg.method != "plain" else "",
                 "seed": cfg.seed,
@@ -142,59 +160,16 @@ def write_csv(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _group(rows: list[dict]) -> dict:
-    """``(method, depth, tau, threshold) → (flops mean, flops sd, acc mean, acc sd)`` over seeds."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["depth"], r["tau"], r["threshold"]), []).append(r)
-    out = {}
-    for k, rs in groups.items():
-        f = torch.tensor([r["flops_mean"] for r in rs], dtype=torch.float64)
-        a = torch.tensor([r["accuracy"] for r in rs], dtype=torch.float64)
-        sd = lambda t: float(t.std()) if t.numel() > 1 else 0.0  # noqa: E731
-        out[k] = (float(f.mean()), sd(f), float(a.mean()), sd(a))
-    return out
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(csv_path: Path, path: Path, title: str) -> None:
+    """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = _group(rows)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {
-        "pact": ("C0", "o", "PACT (threshold 0.5)"),
-        "act": ("C1", "s", "ACT"),
-        "plain": ("C2", "^", "plain ResNet"),
-    }
-    for method, (color, marker, label) in styles.items():
-        pts = sorted(
-            ((v, k) for k, v in g.items() if k[0] == method and (method != "pact" or k[3] in ("", 0.5))),
-            key=lambda t: t[0],
-        )
-        if not pts:
-            continue
-        fx = [v[0] / 1e6 for v, _ in pts]
-        acc = [100 * v[2] for v, _ in pts]
-        xerr, yerr = [v[1] / 1e6 for v, _ in pts], [100 * v[3] for v, _ in pts]
-        ax.errorbar(fx, acc, xerr=xerr, yerr=yerr, color=color, marker=marker, label=label, capsize=3)
-        for (v, k), x in zip(pts, fx, strict=True):
-            note = f"d{k[1]}" if method == "plain" else f"τ={k[2]:g}"
-            ax.annotate(
-                note, (x, 100 * v[2]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
-            )
-    other = [(v, k) for k, v in g.items() if k[0] == "pact" and k[3] not in ("", 0.5)]
-    if other:
-        ax.scatter([v[0] / 1e6 for v, _ in other], [100 * v[2] for v, _ in other], color="C0", marker="x",
-                   alpha=0.5, label="PACT, other thresholds")  # fmt: skip
-    ax.set_xlabel("mean FLOPs per image (millions, SACT counting)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    from pact_pyro.plots import plot_tradeoff, read_sweep
+
+    fig = plot_tradeoff(read_sweep(csv_path), title=title)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -209,8 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--only", default=None, help="comma-separated run names to do (default: all)")
+    p.add_argument(
+        "--worker", default="0/1", help="K/N: train every N-th run of the plan from the K-th (0/1: all)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     args = p.parse_args(argv)
+    try:
+        k, n = (int(v) for v in args.worker.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        p.error(f"--worker must be K/N with 0 <= K < N, got {args.worker!r}")
 
     torch.set_num_threads(args.threads)
     preset = json.loads(Path(args.preset).read_text())
@@ -218,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keep = set(args.only.split(","))
         runs = [r for r in runs if r[0] in keep]
+    names = [name for name, _ in runs]  # the table covers every run, whichever worker trained it
+    variant_of = {name: cfg.pop("_variant", "") for name, cfg in runs}
+    runs = runs[k::n]
     runs_dir, out = Path(args.runs), Path(args.out)
     if args.dry_run:
         for name, cfg in runs:
@@ -225,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = [n for n, _ in runs]
     title = f"{preset.get('name', Path(args.preset).stem)}: {preset.get('title', '')}".strip(": ")
     start = time.time()
     for i, (name, fields) in enumerate(runs):
@@ -240,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         train(cfg, run_dir, overwrite=True, progress=False)
         seconds = time.time() - t0
-        rows = evaluate_run(run_dir, preset, args.data_root)
+        rows = evaluate_run(run_dir, preset, args.data_root, variant_of[name])
         for r in rows:
             r["train_seconds"] = seconds
         (run_dir / "sweep_eval.json").write_text(json.dumps(rows, indent=1))
@@ -253,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         done = collect(runs_dir, names)
         write_csv(done, out.with_suffix(".csv"))
-        plot(done, out.with_suffix(".png"), title)
+        plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
     done = collect(runs_dir, names)
     if done:
         write_csv(done, out.with_suffix(".csv"))
-        plot(done, out.with_suffix(".png"), title)
+        plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
     print(f"{len(done)} rows -> {out.with_suffix('.csv')}, {out.with_suffix('.png')}", flush=True)
     return 0 if not any(math.isnan(r["accuracy"]) for r in done) else 1
 

@@ -233,44 +233,90 @@ def read_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pandas
     return df
 
 
-def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5) -> Figure:
-    """Test accuracy against mean FLOPs per example, one line per ``method`` (or ``source``).
+def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: str | None = None) -> Figure:
+    """Test accuracy against mean FLOPs per example: one line per ``method`` (or ``source``), error bars
+    (standard deviation) where seeds repeat.
 
-    Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Rows of other test thresholds
-    (a ``threshold`` column) are left out so that each PACT model appears once, at ``threshold_value``.
+    Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Each PACT model appears on its
+    line once, at ``threshold_value``; its other test thresholds (a ``threshold`` column) are faded crosses.
+    Rows with a ``variant`` (a training setting changed at one τ, see ``examples/tradeoff_sweep.py``) are
+    separate labelled points, never averaged into a line.
     """
+    import pandas as pd
+
     plt = _plt()
     xcol = next(c for c in ("flops_mean", "flops", "flops_ratio") if c in sweep.columns)
-    if "threshold" in sweep.columns:
-        thr = sweep["threshold"]
-        sweep = sweep[thr.isna() | (thr == threshold_value)]
-    group = next((c for c in ("method", "source") if c in sweep.columns), None)
     scale = 1e6 if xcol != "flops_ratio" else 1.0
-    fig, ax = plt.subplots(figsize=(5.6, 3.9))
-    for name, df in sweep.groupby(group) if group else [("", sweep)]:
-        df = df.sort_values(xcol)
-        ax.plot(df[xcol] / scale, 100 * df["accuracy"], "o-", label=str(name), ms=4)
-        for _, row in df.iterrows():
+    df = sweep.copy()
+    variant = df["variant"].fillna("").astype(str) if "variant" in df.columns else pd.Series("", df.index)
+    thr = df["threshold"] if "threshold" in df.columns else pd.Series(float("nan"), df.index)
+    at_thr = thr.isna() | (thr == threshold_value)
+    group = next((c for c in ("method", "source") if c in df.columns), None)
+    keys = [c for c in ("depth", "tau") if c in df.columns]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    main = df[at_thr & (variant == "")]
+    for i, (name, g) in enumerate(main.groupby(group) if group else [("", main)]):
+        color = f"C{i}"
+        agg = (
+            g.groupby(keys, dropna=False)
+            .agg(x=(xcol, "mean"), xs=(xcol, "std"), y=("accuracy", "mean"), ys=("accuracy", "std"))
+            .reset_index()
+            if keys
+            else pd.DataFrame({"x": g[xcol], "xs": float("nan"), "y": g["accuracy"], "ys": float("nan")})
+        ).sort_values("x")
+        ax.errorbar(
+            agg["x"] / scale,
+            100 * agg["y"],
+            xerr=agg["xs"].fillna(0) / scale,
+            yerr=100 * agg["ys"].fillna(0),
+            fmt="o-",
+            color=color,
+            ms=4,
+            capsize=3,
+            label=str(name),
+        )
+        for _, row in agg.iterrows():
             tau = row.get("tau", float("nan"))
             note = (
                 f"τ={tau:g}"
                 if isinstance(tau, float) and tau == tau
-                else f"d{row['depth']}"
+                else f"d{int(row['depth'])}"
                 if "depth" in row
                 else ""
             )
             ax.annotate(
                 note,
-                (row[xcol] / scale, 100 * row["accuracy"]),
+                (row["x"] / scale, 100 * row["y"]),
                 textcoords="offset points",
                 xytext=(3, 3),
                 fontsize=7,
+                color=color,
             )
+        other = g.iloc[:0] if thr.isna().all() else df[(~at_thr) & (variant == "") & (df[group] == name)]
+        if len(other):
+            ax.scatter(
+                other[xcol] / scale,
+                100 * other["accuracy"],
+                marker="x",
+                color=color,
+                alpha=0.4,
+                s=18,
+                label=f"{name}, thresholds ≠ {threshold_value:g}",
+            )
+    for j, (_, row) in enumerate(df[at_thr & (variant != "")].iterrows()):
+        ax.scatter(
+            row[xcol] / scale,
+            100 * row["accuracy"],
+            marker="D",
+            s=24,
+            color=f"C{4 + j % 6}",
+            label=f"{row.get('method', '')} τ={row.get('tau', float('nan')):g}, {variant[row.name]}",
+        )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"accuracy vs computation (PACT at threshold {threshold_value:g})", fontsize=10)
+    ax.set_title(title or f"accuracy vs computation (PACT at threshold {threshold_value:g})", fontsize=9)
     ax.grid(alpha=0.3)
-    if group:
-        ax.legend(fontsize=8)
+    if group or len(df[variant != ""]):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -216,6 +216,19 @@ def test_plots_render(idata, tmp_path):
         "method,tau,accuracy,flops_ratio\npact,0.01,0.99,0.8\npact,0.1,0.97,0.5\nact,0.01,0.98,0.7\n"
     )
     figs.append(P.plot_tradeoff(P.read_sweep([csv])))
+    seeds = tmp_path / "seeds.csv"  # two seeds of one PACT model (error bars), other thresholds, a variant
+    seeds.write_text(
+        "method,variant,depth,tau,seed,threshold,accuracy,flops_mean\n"
+        "pact,,20,0.1,0,0.5,0.60,5e7\npact,,20,0.1,1,0.5,0.62,5.2e7\npact,,20,0.1,0,0.3,0.58,4e7\n"
+        "pact,relaxed,20,0.1,0,0.5,0.55,6e7\nplain,,8,,0,,0.5,2.4e7\nplain,,14,,0,,0.55,5.3e7\n"
+    )
+    fig = P.plot_tradeoff(P.read_sweep(seeds))
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert sorted(labels) == ["pact", "pact τ=0.1, relaxed", "pact, thresholds ≠ 0.5", "plain"]
+    notes = sorted(t.get_text() for t in ax.texts)
+    assert notes == ["d14", "d8", "τ=0.1"]  # the two seeds are one point, the variant is not annotated
+    figs.append(fig)
     for i, fig in enumerate(figs):
         fig.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 5000

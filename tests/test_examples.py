@@ -58,6 +58,7 @@ SMOKE_PRESET = {
     "pact": {"depth": 14, "taus": [0.05]},
     "act": {"depth": 14, "taus": [0.05]},
     "plain": {"depths": [8]},
+    "variants": [{"name": "relaxed", "method": "pact", "tau": 0.05, "guide": "relaxed"}],
     "eval": {"test_subset": 64, "batch_size": 64, "pact_thresholds": [0.5]},
 }
 
@@ -127,3 +128,39 @@ def test_script_runs(name, data_root, tmp_path):
         f"{name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     )
     print(f"{name}: {time.time() - start:.1f} s (smoke flags)")
+    if name == "tradeoff_sweep.py":  # one row per run, the variant kept apart, and a plot
+        import csv
+
+        with open(tmp_path / "results" / "sweep.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted((r["method"], r["variant"]) for r in rows) == [
+            ("act", ""), ("pact", ""), ("pact", "relaxed"), ("plain", "")
+        ]  # fmt: skip
+        assert (tmp_path / "results" / "sweep.png").stat().st_size > 5000
+
+
+def test_sweep_plan_variants_and_workers():
+    """Variants get their own run names; ``--worker K/N`` splits the plan without overlap or gaps."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    runs = S.plan(SMOKE_PRESET)
+    names = [n for n, _ in runs]
+    assert names == [
+        "pact_d14_tau0.05_s0",
+        "act_d14_tau0.05_s0",
+        "pact_d14_tau0.05_relaxed_s0",
+        "plain_d8_s0",
+    ]
+    variant = dict(runs)["pact_d14_tau0.05_relaxed_s0"]
+    assert (variant["guide"], variant["method"], variant["_variant"], variant["depth"]) == (
+        "relaxed", "pact", "relaxed", 14
+    )  # fmt: skip
+    assert sorted(names[0::2] + names[1::2]) == sorted(names)
+    bad = {**SMOKE_PRESET, "variants": [{"name": "x", "guide": "relaxed"}]}
+    with pytest.raises(ValueError, match="must set 'method' and 'tau'"):
+        S.plan(bad)
+    with pytest.raises(SystemExit):
+        S.main(["--preset", "p.json", "--runs", "r", "--out", "o", "--worker", "2/2"])
