@@ -37,12 +37,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from pact_pyro.train_seq import PARITY_PRESET, evaluate_seq_run, train_seq
+from pact_pyro.train_seq import PARITY_PRESET, train_or_load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,15 +91,7 @@ def main(args: argparse.Namespace) -> dict:
                 val_examples=16,
                 test_examples=32,
             )
-        out = runs / method
-        start = time.time()
-        if args.overwrite or not (out / "eval_threshold.json").is_file():
-            train_seq(cfg, out, overwrite=True, progress=not args.smoke)
-            res = evaluate_seq_run(out, predictions=out / "predictions.csv")
-            res["train_seconds"] = time.time() - start
-            (out / "eval_threshold.json").write_text(json.dumps(res, indent=2))
-        res = json.loads((out / "eval_threshold.json").read_text())
-        summary[method] = res
+        res = summary[method] = train_or_load(cfg, runs / method, args.overwrite, progress=not args.smoke)
         by = ", ".join(f"{k}:{v:.2f}" for k, v in res["units_by_difficulty"].items())
         print(
             f"{method:5s} acc {res['accuracy']:.4f}  steps {res['ponder_mean']:.2f}/{res['units_max'][0]}"

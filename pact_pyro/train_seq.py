@@ -52,6 +52,7 @@ __all__ = [
     "spearman",
     "make_data",
     "PARITY_PRESET",
+    "train_or_load",
 ]
 
 TEST_SEED = 12345  # the test set is the same for every run
@@ -432,3 +433,23 @@ def evaluate_seq_run(
     n = cfg.test_examples if test_subset is None else int(test_subset)
     data = make_data(cfg, n, torch.Generator().manual_seed(TEST_SEED))
     return evaluate_seq(model, guide, cfg, data, mode, threshold_value, batch_size, seed, predictions)
+
+
+def train_or_load(
+    cfg: SeqConfig, out: str | os.PathLike, overwrite: bool = False, progress: bool = False
+) -> dict:
+    """Train ``cfg`` into ``out`` and evaluate it on the fixed test set, unless ``out/eval_threshold.json``
+    exists (then that result is returned: finished runs are not redone; ``overwrite=True`` retrains).
+    The result is :func:`evaluate_seq`'s dict plus ``train_seconds``; ``out/predictions.csv`` holds the
+    per-example ponder steps and difficulty."""
+    out = Path(out)
+    done = out / "eval_threshold.json"
+    if overwrite or not done.is_file():
+        start = time.time()
+        train_seq(cfg, out, overwrite=True, progress=progress)
+        res = evaluate_seq_run(out, predictions=out / "predictions.csv")
+        res["train_seconds"] = time.time() - start
+        tmp = done.with_name(done.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        os.replace(tmp, done)
+    return json.loads(done.read_text())
