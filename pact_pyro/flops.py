@@ -21,6 +21,14 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["FlopTable", "count_flops"]
 
 
+def _cumsum(xs: list[int]) -> list[int]:
+    out, t = [], 0
+    for v in xs:
+        t += v
+        out.append(t)
+    return out
+
+
 def count_flops(fn, *args) -> int:
     """FLOPs of one call ``fn(*args)`` (conv and linear, 2 per multiply-add)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -85,6 +93,21 @@ class FlopTable:
     def full(self) -> int:
         """Every unit and every head executed."""
         return self.stem + self.classifier + sum(map(sum, self.units)) + sum(map(sum, self.heads))
+
+    def flops_of(self, units: list[int] | tuple[int, ...]) -> int:
+        """FLOPs of one example that executed ``units[b]`` (1-based ``N_b``) units per block (plain ints:
+        the batch-1 path of :func:`~pact_pyro.threshold.threshold` uses it to avoid tensor ops)."""
+        cums = self.__dict__.get("_cums")
+        if cums is None:  # cumulative costs per block, computed once
+            cums = self.__dict__["_cums"] = [
+                ([0, *_cumsum(uc)], [0, *_cumsum(hc)]) for uc, hc in zip(self.units, self.heads, strict=True)
+            ]
+        if len(units) != len(cums):
+            raise ValueError(f"units must have {len(cums)} entries, got {list(units)}")
+        total = self.stem + self.classifier
+        for n, (ucum, hcum) in zip(units, cums, strict=True):
+            total += ucum[n] + hcum[min(n, len(hcum) - 1)]
+        return total
 
     def flops(self, units: torch.Tensor) -> torch.Tensor:
         """Per-example FLOPs for executed-unit counts ``units [B, blocks]`` (1-based) → int64 ``[B]``."""

@@ -42,15 +42,34 @@ def _decide(
     return torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype) < h
 
 
-def _any_training(module: torch.nn.Module) -> bool:
-    """Whether ``module`` or any submodule is in training mode (a plain walk, cheaper than ``.modules()``)."""
-    stack = [module]
-    while stack:
-        m = stack.pop()
+_STRUCTURE = [0]  # bumped whenever any nn.Module registers a submodule anywhere (global torch hook)
+_FLAT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bump_structure(module, name, submodule):
+    _STRUCTURE[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_bump_structure)
+
+
+def _submodules(module: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """``tuple(module.modules())``, cached per root and rebuilt whenever any module anywhere registers a
+    submodule (so it stays exact; ``.modules()`` walks the tree in Python at every call)."""
+    cached = _FLAT.get(module)
+    if cached is None or cached[0] != _STRUCTURE[0]:
+        cached = _FLAT[module] = (_STRUCTURE[0], tuple(module.modules()))
+    return cached[1]
+
+
+def _training_flags(*roots: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
+    """Every submodule's training flag when any of them is in training mode, else ``[]``: what
+    :func:`threshold` restores after evaluating in eval mode (a few µs when everything is in eval mode)."""
+    mods = [m for r in roots for m in _submodules(r)]
+    for m in mods:
         if m.training:
-            return True
-        stack.extend(c for c in m._modules.values() if c is not None)
-    return False
+            return [(m, m.training) for m in mods]
+    return []
 
 
 _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -141,17 +160,19 @@ def threshold(
         return model.evaluate_batch(x, threshold, mode, generator, flop_table)
     net = model.backbone
     net.check_input(x)
-    # .eval()/.train() walk every submodule (~1.5 ms for ResNet-32, a third of a batch-1 call): skip them
-    # when nothing is in training mode (then the calls below would change nothing)
-    toggled = [(m, m.training) for m in (net, guide) if _any_training(m)]
-    for m, _ in toggled:
-        m.eval()
+    # .eval()/.train() walk every submodule in Python (~1.5 ms for ResNet-32, a third of a batch-1 call): set
+    # the flags on the cached module list instead, and only when some module is in training mode
+    flags = _training_flags(net, guide)
+    for m, _ in flags:
+        m.training = False
     try:
         B = x.shape[0]
         dev = x.device
+        head_logits = _head_logits(guide)
+        if B == 1:  # dispatch-bound: decisions and unit counts as Python scalars, no bookkeeping tensors
+            return _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator, flop_table)
         units = torch.empty(B, len(net.blocks), dtype=torch.int64, device=dev)
         rows = None  # torch.arange(B), made at the first compaction
-        head_logits = _head_logits(guide)
         u = net.stem(x)
         for b, block in enumerate(net.blocks):
             u = block[0](u)  # every example runs unit 1
@@ -188,10 +209,42 @@ def threshold(
                 u = u.index_select(0, inv)  # back to example order
         logits = net.classifier(u)
     finally:
-        for m, was in toggled:
-            m.train(was)
+        for m, was in flags:
+            m.training = was
     table = flop_table or FlopTable.for_model(model, x.shape[1:], guide)
     return ThresholdResult(logits, units, table.flops(units))
+
+
+def _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator, flop_table):
+    """:func:`threshold` for one example (``x [1, C, H, W]``): the same decisions (``h`` in the network's
+    dtype against the threshold rounded to it; in ``"sample"`` mode the same draws from ``generator``), two
+    tensor ops per decision (head logit, sigmoid) and a Python ``float`` comparison."""
+    thr = float(torch.tensor(float(threshold), dtype=x.dtype))
+    u = net.stem(x)
+    units = []
+    for b, block in enumerate(net.blocks):
+        L = n = len(block)
+        for l in range(L):
+            u = block[l](u)
+            if l == L - 1:
+                break
+            h = torch.sigmoid(head_logits(b, l, u))
+            if mode == "threshold":
+                stop = h.item() >= thr
+            else:
+                stop = (
+                    torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype).item() < h.item()
+                )
+            if stop:
+                n = l + 1
+                break
+        units.append(n)
+    logits = net.classifier(u)
+    table = flop_table or FlopTable.for_model(model, x.shape[1:], guide)
+    dev = x.device
+    return ThresholdResult(
+        logits, torch.tensor([units], device=dev), torch.tensor([table.flops_of(units)], device=dev)
+    )
 
 
 @torch.no_grad()

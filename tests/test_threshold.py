@@ -180,3 +180,31 @@ def test_folded_heads_equal_the_guide_heads_and_follow_updates():
     guide.__class__ = Shifted  # an overridden halting_logits is always used as is
     x = torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64)
     assert (threshold(model, guide, x).units == 1).all()
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
+def test_batch_one_path_equals_the_batched_path(thr):
+    """Batch 1 takes a scalar fast path; example by example it must give the batched decisions, logits and
+    FLOPs (the threshold is compared in the network's dtype on both paths)."""
+    model, guide = _net(seed=4)
+    x = torch.randn(16, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    batched = threshold(model, guide, x, threshold=thr)
+    single = [threshold(model, guide, x[i : i + 1], threshold=thr) for i in range(len(x))]
+    assert torch.equal(torch.cat([r.units for r in single]), batched.units)
+    assert torch.equal(torch.cat([r.flops for r in single]), batched.flops)
+    torch.testing.assert_close(torch.cat([r.logits for r in single]), batched.logits, rtol=0, atol=1e-9)
+    assert len(batched.units.unique(dim=0)) > 1  # the examples really take different paths
+
+
+def test_a_submodule_swapped_in_training_mode_is_still_evaluated_in_eval_mode():
+    """The training-flag check caches the module list; replacing a deep submodule must invalidate it."""
+    model, guide = _net(seed=0)
+    x = torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64)
+    threshold(model, guide, x)  # fills the cache while everything is in eval mode
+    unit = model.backbone.blocks[1][1]
+    fresh = torch.nn.BatchNorm2d(unit.bn1.num_features, eps=unit.bn1.eps).double()  # training mode
+    unit.bn1 = fresh
+    res = threshold(model, guide, x)
+    assert fresh.training and int(fresh.num_batches_tracked) == 0  # restored, and never used batch stats
+    fresh.eval()
+    torch.testing.assert_close(res.logits, threshold(model, guide, x).logits, rtol=0, atol=0)
