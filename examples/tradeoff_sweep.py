@@ -27,7 +27,8 @@ adaptivity), ``flops_ratio`` (to the same network with every unit), ``units_mean
 ``units_correct`` / ``units_wrong`` (mean total executed units of correctly / wrongly classified test images),
 ``unit_patterns`` (number of distinct per-block unit tuples over the test images: 1 means the depth is
 input-independent, i.e. pruning rather than adaptive computation), ``train_seconds``.
-``<out>.png``: test accuracy vs mean FLOPs (PACT threshold mode, ACT, plain), error bars where seeds repeat.
+``<out>.md``: the same rows as a Markdown table. ``<out>.png``: test accuracy vs mean FLOPs (PACT threshold
+mode, ACT, plain), error bars where seeds repeat.
 """
 
 from __future__ import annotations
@@ -160,6 +161,23 @@ def write_csv(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def summarize(rows: list[dict]) -> str:
+    """A Markdown table of the sweep (PACT at every test threshold), sorted by method and mean FLOPs."""
+    head = (
+        "| method | variant | depth | τ | threshold | accuracy | mean FLOPs (M) | FLOP std / mean | "
+        "units/block | units correct / wrong | unit patterns |\n|" + "---|" * 11
+    )
+    lines = [head]
+    for r in sorted(rows, key=lambda r: (r["method"], r.get("variant", ""), r["flops_mean"])):
+        tau = "" if r["tau"] == "" else f"{float(r['tau']):g}"
+        lines.append(
+            f"| {r['method']} | {r.get('variant', '')} | {r['depth']} | {tau} | {r['threshold']} | "
+            f"{100 * r['accuracy']:.2f} % | {r['flops_mean'] / 1e6:.1f} | {r['flops_std_pct']:.1f} % | "
+            f"{r['units_mean']} | {r['units_correct']:.2f} / {r['units_wrong']:.2f} | {r['unit_patterns']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(csv_path: Path, path: Path, title: str) -> None:
     """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV, written atomically."""
     import matplotlib
@@ -244,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         write_csv(done, out.with_suffix(".csv"))
         plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
+        out.with_suffix(".md").write_text(summarize(done))
     print(f"{len(done)} rows -> {out.with_suffix('.csv')}, {out.with_suffix('.png')}", flush=True)
     return 0 if not any(math.isnan(r["accuracy"]) for r in done) else 1
 
