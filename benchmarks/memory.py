@@ -6,9 +6,8 @@ Same network (ResNet-32 backbone and the same halting heads), same batch, CPU:
 * ``pact``: ``pact_pyro.threshold.threshold(model, guide, x)``: each block keeps only the current state
   ``u`` (halted examples' rows stay in place, running ones are compacted);
 * ``act``: ``pact_pyro.act.act_evaluate(backbone, guide.heads, x)``, the project's ACT inference, which keeps
-  the running weighted sum ``Σ_l w^l u^l`` of every example next to the current states;
-* ``act_lean`` (a local re-implementation, for reference): the same ACT recurrence with an in-place
-  accumulator (``addcmul_``/``index_add_``): the least memory an ACT evaluation with an accumulator needs.
+  the running weighted sum ``Σ_l w^l u^l`` of every example next to the current states, updated in place
+  (``addcmul_``/``index_add_``): the least memory an ACT evaluation with an accumulator needs.
 
 Method: :class:`_common.LiveBytes`, a ``TorchDispatchMode`` that sees every ATen op's outputs, counts each new
 tensor storage once and subtracts it (weak-reference callback) when the storage is freed. The peak is the
@@ -36,53 +35,10 @@ from _common import LiveBytes, calibrate_heads, emit, environment, setup  # noqa
 from pact_pyro.guides import get_guide  # noqa: E402
 from pact_pyro.models import pact_resnet  # noqa: E402
 
-from pact_pyro.act import ACT_EPS, act_evaluate  # noqa: E402
+from pact_pyro.act import act_evaluate  # noqa: E402
 from pact_pyro.threshold import threshold  # noqa: E402
 
 MIB = 2**20
-
-
-@torch.no_grad()
-def act_lean(backbone, heads, x: torch.Tensor, eps: float = ACT_EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """ACT inference (SACT rule, per-example early exit) with the accumulator updated in place.
-
-    After unit ``l`` the running examples add ``w^l u^l`` (``w^l = h^l``, or the remainder ``R = 1 - S_{l-1}``
-    when ``S_l ≥ 1 - ε`` or ``l = L``) to their rows of ``acc``; halted examples leave the batch. Returns
-    ``(logits [B, classes], units [B, blocks])``.
-    """
-    B = x.shape[0]
-    thresh = torch.tensor(1.0 - eps, dtype=torch.float32)
-    units = torch.zeros(B, len(backbone.blocks), dtype=torch.int64)
-    out = backbone.stem(x)
-    for b, block in enumerate(backbone.blocks):
-        L = len(block)
-        active = torch.arange(B)
-        state, acc = out, None
-        del out
-        s = torch.zeros(B, dtype=torch.float32)
-        for l in range(L):
-            state = block[l](state)
-            units[active, b] += 1
-            h = torch.sigmoid(heads[b][l](state)) if l < L - 1 else torch.ones(state.shape[0])
-            s_prev = s[active]
-            s_new = s_prev + h.float()
-            stop = (s_new >= thresh) | (l == L - 1)
-            w = torch.where(stop, 1.0 - s_prev, h).to(state.dtype).reshape(-1, 1, 1, 1)
-            if acc is None:
-                acc = state * w  # every example runs unit 1
-            elif state.shape[0] == B:
-                acc.addcmul_(state, w)
-            else:
-                acc.index_add_(0, active, state.mul_(w))
-            s[active] = s_new
-            keep = ~stop
-            active = active[keep]
-            if active.numel() == 0:
-                break
-            if not bool(keep.all()):
-                state = state[keep]
-        out = acc
-    return backbone.classifier(out), units
 
 
 def measure(fn, units=()) -> tuple[int, object]:
@@ -140,7 +96,6 @@ def main(argv=None) -> dict:
             "full": lambda x=x: net(x),
             "pact": lambda x=x: threshold(model, guide, x).units,
             "act": lambda x=x: act_evaluate(net, guide.heads, x).units,
-            "act_lean": lambda x=x: act_lean(net, guide.heads, x)[1],
         }
         for name, fn in runs.items():
             peaks[name], out = measure(fn, all_units)
@@ -151,7 +106,6 @@ def main(argv=None) -> dict:
             "peak_mib": {k: round(v / MIB, 3) for k, v in peaks.items()},
             "peak_in_block1_states": {k: round(v / state_bytes, 3) for k, v in peaks.items()},
             "pact_over_act": round(peaks["pact"] / peaks["act"], 4),
-            "pact_over_act_lean": round(peaks["pact"] / peaks["act_lean"], 4),
             "pact_over_full": round(peaks["pact"] / peaks["full"], 4),
             "kept_between_units_mib": {k: round(v / MIB, 3) for k, v in kept.items()},
             "kept_between_units_pact_over_act": round(kept["pact"] / kept["act"], 4),

@@ -104,7 +104,8 @@ def act_evaluate(
     In each block: unit 1 runs for every example; after unit ``l`` the still-running examples add
     ``w^l u^l`` to their accumulator (``w^l = h^l``, or ``R = 1 - S_{l-1}`` at the halting unit) and those
     with ``S_l ≥ 1 - ε`` leave the batch (index_select); the block returns the accumulator. Live tensors per
-    block: the full ``[B, C, H, W]`` accumulator plus the compacted current states.
+    block: the full ``[B, C, H, W]`` accumulator (updated in place) plus the compacted current states —
+    the least an accumulating evaluation keeps, so that memory comparisons with PACT are fair.
 
     ``heads[b][l]`` maps ``u^{l+1}`` ``[B, C, H, W]`` to a halting logit ``[B]``. Backbone and heads are put
     in eval mode for the call and restored. Returns :class:`~pact_pyro.threshold.ThresholdResult`; FLOPs
@@ -125,7 +126,7 @@ def act_evaluate(
         for b, block in enumerate(backbone.blocks):
             L = len(block)
             active = torch.arange(B, device=dev)  # examples still running, in the order of ``state``
-            state = out
+            state, out = out, None  # the block input must not stay alive next to the accumulator
             acc = None
             s = torch.zeros(B, dtype=torch.float32, device=dev)  # S_{l-1} of each example
             for l in range(L):
@@ -141,11 +142,13 @@ def act_evaluate(
                 if l == L - 1:
                     stop = torch.ones_like(stop)
                 w = torch.where(stop, (1.0 - s_prev).to(state.dtype), h)
-                contrib = w.reshape(-1, 1, 1, 1) * state
+                w = w.reshape(-1, 1, 1, 1)
                 if acc is None:  # l = 0: every example is active
-                    acc = contrib
-                else:
-                    acc = acc.index_add(0, active, contrib)
+                    acc = w * state
+                elif state.shape[0] == B:  # nobody has halted yet: accumulate in place, no temporary
+                    acc.addcmul_(state, w)
+                else:  # in place into the rows of the running examples (one temporary of their size)
+                    acc.index_add_(0, active, w * state)
                 s[active] = s_new
                 keep = ~stop
                 active = active[keep]

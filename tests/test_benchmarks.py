@@ -50,8 +50,8 @@ def test_inference_smoke(capsys):
 def test_memory_smoke(capsys):
     r = _run("memory", capsys)
     m = r["batch_8"]
-    assert set(m["peak_mib"]) == {"full", "pact", "act", "act_lean"}
+    assert set(m["peak_mib"]) == {"full", "pact", "act"}
     # PACT keeps one state between units, ACT a state and an accumulator
-    assert m["kept_between_units_mib"]["pact"] < m["kept_between_units_mib"]["act_lean"]
+    assert m["kept_between_units_mib"]["pact"] < m["kept_between_units_mib"]["act"]
     assert m["peak_mib"]["pact"] <= m["peak_mib"]["full"] * 1.05
     assert m["peak_mib"]["pact"] < m["peak_mib"]["act"]

@@ -155,6 +155,14 @@ def test_threshold_keeps_only_the_current_state(seed):
     masked_peak, masked_kept = _peak_and_kept(lambda: evaluate_masked(model, guide, x), all_units)
     assert masked_kept > 2 * state  # the check does detect kept per-unit states
     assert masked_peak > full_peak + state
+    # a unit needs its input and two transients (activation, convolution output): 3 states, downsampling
+    # units included (their shortcut is computed after the residual) and no accumulator; ACT needs one more
+    assert peak <= 3 * state + slack
+    from pact_pyro.act import act_evaluate
+
+    act_peak, act_kept = _peak_and_kept(lambda: act_evaluate(net, guide.heads, x), all_units)
+    assert act_kept >= 2 * state - slack  # state and accumulator between units
+    assert act_peak >= 4 * state - slack
 
 
 def test_folded_heads_equal_the_guide_heads_and_follow_updates():

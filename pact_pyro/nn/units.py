@@ -59,4 +59,9 @@ class PreActUnit(nn.Module):
         return u
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(u) + self.residual(u)
+        # residual first, shortcut added in place: the shortcut of a downsampling unit (half a block state)
+        # is not kept alive through the residual's two convolutions, and the sum needs no new tensor
+        # (peak activation memory of an inference unit: u and two transients). Autograd is unaffected: the
+        # convolution does not save its output for backward.
+        r = self.residual(u)
+        return r.add_(self.shortcut(u))
