@@ -240,7 +240,7 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
     Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Each PACT model appears on its
     line once, at ``threshold_value``; its other test thresholds (a ``threshold`` column) are faded crosses.
     Rows with a ``variant`` (a training setting changed at one τ, see ``examples/tradeoff_sweep.py``) are
-    separate labelled points, never averaged into a line.
+    separate labelled points (mean and standard deviation over their seeds), never part of a line.
     """
     import pandas as pd
 
@@ -303,14 +303,20 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
                 s=18,
                 label=f"{name}, thresholds ≠ {threshold_value:g}",
             )
-    for j, (_, row) in enumerate(df[at_thr & (variant != "")].iterrows()):
-        ax.scatter(
-            row[xcol] / scale,
-            100 * row["accuracy"],
-            marker="D",
-            s=24,
+    vrows = df[at_thr & (variant != "")].assign(_variant=variant)
+    vkeys = [c for c in ("method", "_variant", "tau") if c in vrows.columns]
+    for j, (key, g) in enumerate(vrows.groupby(vkeys, sort=False) if len(vrows) else []):
+        key = dict(zip(vkeys, key if isinstance(key, tuple) else (key,), strict=True))
+        ax.errorbar(
+            g[xcol].mean() / scale,
+            100 * g["accuracy"].mean(),
+            xerr=(g[xcol].std() if len(g) > 1 else 0.0) / scale,
+            yerr=100 * (g["accuracy"].std() if len(g) > 1 else 0.0),
+            fmt="D",
+            ms=5,
+            capsize=3,
             color=f"C{4 + j % 6}",
-            label=f"{row.get('method', '')} τ={row.get('tau', float('nan')):g}, {variant[row.name]}",
+            label=f"{key.get('method', '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
         )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")

@@ -220,7 +220,8 @@ def test_plots_render(idata, tmp_path):
     seeds.write_text(
         "method,variant,depth,tau,seed,threshold,accuracy,flops_mean\n"
         "pact,,20,0.1,0,0.5,0.60,5e7\npact,,20,0.1,1,0.5,0.62,5.2e7\npact,,20,0.1,0,0.3,0.58,4e7\n"
-        "pact,relaxed,20,0.1,0,0.5,0.55,6e7\nplain,,8,,0,,0.5,2.4e7\nplain,,14,,0,,0.55,5.3e7\n"
+        "pact,relaxed,20,0.1,0,0.5,0.55,6e7\npact,relaxed,20,0.1,1,0.5,0.57,6.2e7\n"
+        "plain,,8,,0,,0.5,2.4e7\nplain,,14,,0,,0.55,5.3e7\n"
     )
     fig = P.plot_tradeoff(P.read_sweep(seeds))
     ax = fig.axes[0]
@@ -228,6 +229,8 @@ def test_plots_render(idata, tmp_path):
     assert sorted(labels) == ["pact", "pact τ=0.1, relaxed", "pact, thresholds ≠ 0.5", "plain"]
     notes = sorted(t.get_text() for t in ax.texts)
     assert notes == ["d14", "d8", "τ=0.1"]  # the two seeds are one point, the variant is not annotated
+    variant_bar = ax.containers[-1]  # the variant's two seeds: one point at their mean, with error bars
+    np.testing.assert_allclose(variant_bar.lines[0].get_xydata(), [[61.0, 56.0]])
     figs.append(fig)
     for i, fig in enumerate(figs):
         fig.savefig(tmp_path / f"{i}.png")
