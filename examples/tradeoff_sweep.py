@@ -166,18 +166,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def summarize(rows: list[dict]) -> str:
-    """A Markdown table of the sweep (PACT at every test threshold), sorted by method and mean FLOPs."""
+    """A Markdown table of the sweep (PACT at every test threshold), by method, variant, τ/depth and seed."""
     head = (
-        "| method | variant | depth | τ | threshold | accuracy | mean FLOPs (M) | FLOP std / mean | "
-        "units/block | units correct / wrong | unit patterns |\n|" + "---|" * 11
+        "| method | variant | depth | τ | seed | threshold | accuracy | mean FLOPs (M) | FLOP std / mean | "
+        "units/block | units correct / wrong | unit patterns |\n|" + "---|" * 12
     )
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["method"], r.get("variant", ""), r["flops_mean"])):
+
+    def order(r):
+        tau = -1.0 if r["tau"] == "" else float(r["tau"])
+        return (r["method"], r.get("variant", ""), tau, r["depth"], r["seed"], str(r["threshold"]))
+
+    for r in sorted(rows, key=order):
         tau = "" if r["tau"] == "" else f"{float(r['tau']):g}"
         lines.append(
-            f"| {r['method']} | {r.get('variant', '')} | {r['depth']} | {tau} | {r['threshold']} | "
-            f"{100 * r['accuracy']:.2f} % | {r['flops_mean'] / 1e6:.1f} | {r['flops_std_pct']:.1f} % | "
-            f"{r['units_mean']} | {r['units_correct']:.2f} / {r['units_wrong']:.2f} | {r['unit_patterns']} |"
+            f"| {r['method']} | {r.get('variant', '')} | {r['depth']} | {tau} | {r['seed']} | "
+            f"{r['threshold']} | {100 * r['accuracy']:.2f} % | {r['flops_mean'] / 1e6:.1f} | "
+            f"{r['flops_std_pct']:.1f} % | {r['units_mean']} | {r['units_correct']:.2f} / "
+            f"{r['units_wrong']:.2f} | {r['unit_patterns']} |"
         )
     return "\n".join(lines) + "\n"
 
