@@ -1,7 +1,7 @@
 """Speed–accuracy trade-off on CIFAR-10: PACT and ACT over a τ grid, plain ResNets over a depth family.
 
-Usage (the CPU preset: 17 trainings, ≈ 80 single-thread minutes of training, so ≈ 40-45 min on 2 cores as two
-workers; see ``examples/configs/cifar10_cpu.json``)::
+Usage (the CPU preset: 17 configurations × 2 seeds = 34 trainings, ≈ 125 single-thread minutes of training,
+≈ 70 min on 2 cores as two workers; see ``examples/configs/cifar10_cpu.json``)::
 
     for k in 0 1; do
       OMP_NUM_THREADS=1 python examples/tradeoff_sweep.py --preset examples/configs/cifar10_cpu.json \\
