@@ -11,6 +11,10 @@ still-running examples and writes its result back in place: compute follows the 
 instead of waiting for the whole batch, with no gathered copy next to the state (peak activation memory =
 the plain full forward's). Rows return to example order at the end of each block. ``mode="sample"``
 draws ``z^l ~ Bernoulli(h^l)`` instead (the hard value of the Concrete sample, for any temperature).
+
+Batch 1 (dispatch-bound) takes a scalar path with the same decisions. Importing this module registers one
+global ``torch.nn`` module-registration hook, which only bumps a counter: it invalidates the cached module
+lists used to check and restore training flags cheaply.
 """
 
 from __future__ import annotations
