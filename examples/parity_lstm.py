@@ -17,8 +17,8 @@ Prints, per method, the test accuracy (thresholded), mean ponder steps, FLOPs, t
 ``--runs``. Finished runs (``<runs>/<method>/eval_threshold.json``) are not redone. ``--smoke`` runs a few
 steps of every method (for tests).
 
-Measured (10k test examples, one thread each; 19-26 min wall per method while four jobs shared the 2 cores,
-about 10 min alone):
+Measured (10k test examples, one thread each; PACT 8 min 35 s on an idle core, 19-26 min per method while four
+jobs shared the 2 cores):
 
 =============  ========  ============  ===========  ========================
 method         accuracy  ponder steps  FLOPs ratio  Spearman(steps, k)

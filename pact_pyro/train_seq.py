@@ -13,8 +13,8 @@ Measured here (parity, 16 bits, M = 12): with the ramp from step 0 the relaxed p
 
 **The parity preset** (:data:`PARITY_PRESET`, 16 bits, M = 12, hidden 128, batch 128, 40k steps,
 ClippedAdam 1e-3 decaying to 1e-4, straight-through guide, τ = 0.02 ramped in over 3k steps once validation
-accuracy reaches 90%). Measured (10k test examples, one thread; 19 min wall while three other jobs shared the
-2 cores, about 10 min alone at the 14 ms per step seen with one job per core): PACT-LSTM **99.03%**
+accuracy reaches 90%). Measured (10k test examples, one thread; 8 min 35 s end to end on an idle core, 19 min
+while three other jobs shared the 2 cores, the same result both times): PACT-LSTM **99.03%**
 thresholded accuracy at **7.68** mean ponder steps (0.64 of the FLOPs), Spearman(steps, k) = −0.68 (12.0
 steps at k = 1 down to 5.5 at k = 16; every error is at k ≥ 11); seed 1: 99.72% at 7.58 steps, ρ = −0.71.
 ACT-LSTM with the same τ and schedule: 94.15% at 5.38 steps (ρ = −0.42); a one-step LSTM: 53.6%.
