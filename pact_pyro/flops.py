@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["FlopTable", "count_flops"]
-
-
-def _cumsum(xs: list[int]) -> list[int]:
-    out, t = [], 0
-    for v in xs:
-        t += v
-        out.append(t)
-    return out
 
 
 def count_flops(fn, *args) -> int:
@@ -94,18 +88,21 @@ class FlopTable:
         """Every unit and every head executed."""
         return self.stem + self.classifier + sum(map(sum, self.units)) + sum(map(sum, self.heads))
 
+    @cached_property
+    def _cumulative(self) -> list[tuple[list[int], list[int]]]:
+        """Per block, the cost of running units ``1..n`` and of their heads, indexed by ``n`` (0 first)."""
+        return [
+            (list(accumulate(uc, initial=0)), list(accumulate(hc, initial=0)))
+            for uc, hc in zip(self.units, self.heads, strict=True)
+        ]
+
     def flops_of(self, units: list[int] | tuple[int, ...]) -> int:
         """FLOPs of one example that executed ``units[b]`` (1-based ``N_b``) units per block (plain ints:
         the batch-1 path of :func:`~pact_pyro.threshold.threshold` uses it to avoid tensor ops)."""
-        cums = self.__dict__.get("_cums")
-        if cums is None:  # cumulative costs per block, computed once
-            cums = self.__dict__["_cums"] = [
-                ([0, *_cumsum(uc)], [0, *_cumsum(hc)]) for uc, hc in zip(self.units, self.heads, strict=True)
-            ]
-        if len(units) != len(cums):
-            raise ValueError(f"units must have {len(cums)} entries, got {list(units)}")
+        if len(units) != len(self.units):
+            raise ValueError(f"units must have {len(self.units)} entries, got {list(units)}")
         total = self.stem + self.classifier
-        for n, (ucum, hcum) in zip(units, cums, strict=True):
+        for n, (ucum, hcum) in zip(units, self._cumulative, strict=True):
             total += ucum[n] + hcum[min(n, len(hcum) - 1)]
         return total
 
@@ -116,11 +113,10 @@ class FlopTable:
         total = torch.full(
             units.shape[:1], self.stem + self.classifier, dtype=torch.int64, device=units.device
         )
-        for b, (uc, hc) in enumerate(zip(self.units, self.heads, strict=True)):
-            ucum = torch.tensor([0, *uc], device=units.device).cumsum(0)
-            hcum = torch.tensor([0, *hc], device=units.device).cumsum(0)
+        for b, (ucum, hcum) in enumerate(self._cumulative):
             n = units[:, b]
-            total += ucum[n] + hcum[n.clamp(max=len(hc))]
+            ucum, hcum = (torch.tensor(c, dtype=torch.int64, device=units.device) for c in (ucum, hcum))
+            total += ucum[n] + hcum[n.clamp(max=len(hcum) - 1)]
         return total
 
     def to_dict(self) -> dict:

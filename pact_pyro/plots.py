@@ -292,7 +292,7 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
                 fontsize=7,
                 color=color,
             )
-        other = g.iloc[:0] if thr.isna().all() else df[(~at_thr) & (variant == "") & (df[group] == name)]
+        other = df[(~at_thr) & (variant == "") & (df[group] == name)] if group else df.iloc[:0]
         if len(other):
             ax.scatter(
                 other[xcol] / scale,

@@ -220,10 +220,8 @@ def threshold(
 
 
 def _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator, flop_table):
-    """:func:`threshold` for one example (``x [1, C, H, W]``): the same decisions (``h`` in the network's
-    dtype against the threshold rounded to it; in ``"sample"`` mode the same draws from ``generator``), two
-    tensor ops per decision (head logit, sigmoid) and a Python ``float`` comparison."""
-    thr = float(torch.tensor(float(threshold), dtype=x.dtype))
+    """:func:`threshold` for one example (``x [1, C, H, W]``): the same rule (:func:`_decide`), with unit
+    counts and FLOPs as Python ints instead of bookkeeping tensors."""
     u = net.stem(x)
     units = []
     for b, block in enumerate(net.blocks):
@@ -232,14 +230,7 @@ def _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator
             u = block[l](u)
             if l == L - 1:
                 break
-            h = torch.sigmoid(head_logits(b, l, u))
-            if mode == "threshold":
-                stop = h.item() >= thr
-            else:
-                stop = (
-                    torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype).item() < h.item()
-                )
-            if stop:
+            if bool(_decide(head_logits(b, l, u), threshold, mode, generator)):
                 n = l + 1
                 break
         units.append(n)
