@@ -106,7 +106,12 @@ def mix_residuals(first: torch.Tensor, residuals: Sequence[torch.Tensor], e: tor
     :param e: still-running indicators ``[B, L]``.
     :returns: ``[B, ...]``.
     """
-    out = first
-    for k, f in enumerate(residuals, start=1):
-        out = out + e[:, k].reshape((-1,) + (1,) * (f.dim() - 1)) * f
+    if not residuals:
+        return first
+    shape = (-1,) + (1,) * (first.dim() - 1)
+    # one fused multiply-add per residual into one buffer (autograd supports the in-place addcmul_: it
+    # saves e_k and F_k, not the buffer), instead of a product and a sum tensor per residual
+    out = torch.addcmul(first, e[:, 1].reshape(shape), residuals[0])
+    for k, f in enumerate(residuals[1:], start=2):
+        out.addcmul_(e[:, k].reshape(shape), f)
     return out

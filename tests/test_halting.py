@@ -63,6 +63,16 @@ def test_mix_residuals_equals_weighted_states():
     torch.testing.assert_close(mix_residuals(u1, fs, still_running(z)), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_mix_residuals_gradients_match_finite_differences():
+    # the in-place multiply-adds must give autograd the gradients of u^1 + sum_l e_l F_l (e and F included)
+    torch.manual_seed(1)
+    u1 = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    fs = [torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    z = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, u, *f: mix_residuals(u, f, still_running(z)), (z, u1, *fs))
+    assert mix_residuals(u1, [], torch.ones(3, 1, dtype=torch.float64)) is u1
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="z must be floating"):
         stick_breaking(torch.tensor([1, 0]))

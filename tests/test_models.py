@@ -114,3 +114,18 @@ def test_relaxed_sample_keeps_gradient_when_head_saturates():
         assert bool((logits.grad.abs() > 0).all()) is has_grad, cls
     d = RelaxedBernoulli(torch.tensor(0.5), logits=torch.tensor([100.0, -100.0]))
     assert torch.isfinite(d.log_prob(torch.tensor([0.5, 0.5]))).all()
+
+
+def test_spatial_mean_matches_mean_and_its_gradient():
+    from pact_pyro.nn import spatial_mean
+
+    torch.manual_seed(0)
+    u = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(spatial_mean(u), u.mean(dim=(2, 3)), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(spatial_mean, (u,))
+    # used twice, like u^l feeding its halting head and the next unit: gradients add up as for .mean
+    g1 = torch.autograd.grad((spatial_mean(u) ** 2).sum() + (u**3).sum(), u)[0]
+    g2 = torch.autograd.grad((u.mean(dim=(2, 3)) ** 2).sum() + (u**3).sum(), u)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"u must have shape \[B, C, H, W\]"):
+        spatial_mean(torch.ones(2, 3))

@@ -1,7 +1,7 @@
 """Plain-torch building blocks (no Pyro sites): residual units, halting heads, the ResNet backbone."""
 
 from .backbone import ResNetBackbone, resnet_units_per_block
-from .halting_head import HaltingHead
+from .halting_head import HaltingHead, spatial_mean
 from .units import PreActUnit
 
-__all__ = ["PreActUnit", "HaltingHead", "ResNetBackbone", "resnet_units_per_block"]
+__all__ = ["PreActUnit", "HaltingHead", "ResNetBackbone", "resnet_units_per_block", "spatial_mean"]

@@ -11,7 +11,31 @@ from torch import nn
 
 from .units import BN_EPS
 
-__all__ = ["HaltingHead"]
+__all__ = ["HaltingHead", "spatial_mean"]
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``mean_hw(u)`` whose backward returns ``∂L/∂mean / (HW)`` *broadcast* (a stride-0 view) instead of
+    autograd's materialised ``[B, C, H, W]`` division: the head's share of ``∂L/∂u`` is then added straight
+    into the other gradients of ``u`` (one full-size tensor operation less per head and step)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor) -> torch.Tensor:
+        ctx.shape = u.shape
+        return u.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = ctx.shape
+        return (g / (H * W)).reshape(B, C, 1, 1).expand(B, C, H, W)
+
+
+def spatial_mean(u: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W] → [B, C]``, the mean over ``H, W`` (the same values and gradients as
+    ``u.mean(dim=(2, 3))``; cheaper backward)."""
+    if u.dim() != 4:
+        raise ValueError(f"u must have shape [B, C, H, W], got {tuple(u.shape)}")
+    return _SpatialMean.apply(u)
 
 
 class HaltingHead(nn.Module):
@@ -27,4 +51,4 @@ class HaltingHead(nn.Module):
         nn.init.constant_(self.linear.bias, bias_init)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.bn(u.mean(dim=(2, 3)))).squeeze(-1)
+        return self.linear(self.bn(spatial_mean(u))).squeeze(-1)
