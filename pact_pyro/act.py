@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from .early_exit import RunningRows, check_chunk_size
 from .flops import FlopTable
 from .threshold import ThresholdResult
 
@@ -98,20 +99,24 @@ def act_evaluate(
     x: torch.Tensor,
     eps: float = ACT_EPS,
     flop_table: FlopTable | None = None,
+    chunk_size: int | None = None,
 ) -> ThresholdResult:
     """Deterministic ACT inference with per-example early exit on ``x`` ``[B, C, H, W]``.
 
     In each block: unit 1 runs for every example; after unit ``l`` the still-running examples add
     ``w^l u^l`` to their accumulator (``w^l = h^l``, or ``R = 1 - S_{l-1}`` at the halting unit) and those
-    with ``S_l ≥ 1 - ε`` leave the batch (index_select); the block returns the accumulator. Live tensors per
-    block: the full ``[B, C, H, W]`` accumulator (updated in place) plus the compacted current states —
-    the least an accumulating evaluation keeps, so that memory comparisons with PACT are fair.
+    with ``S_l ≥ 1 - ε`` leave the running rows (:class:`~pact_pyro.early_exit.RunningRows`, the same
+    machinery as PACT's thresholding, so memory comparisons are fair); the block returns the accumulator,
+    and the next block writes into its storage. Live between units: the state and the full-size
+    accumulator ``[B, C, H, W]`` (updated in place) — the least an accumulating evaluation keeps.
+    ``chunk_size`` as in :func:`pact_pyro.threshold.threshold`.
 
     ``heads[b][l]`` maps ``u^{l+1}`` ``[B, C, H, W]`` to a halting logit ``[B]``. Backbone and heads are put
     in eval mode for the call and restored. Returns :class:`~pact_pyro.threshold.ThresholdResult`; FLOPs
     count units ``1..N_b`` and the heads of executed units ``l < L`` (SACT rules).
     """
     eps = _check_eps(eps)
+    check_chunk_size(chunk_size)
     backbone.check_input(x)
     modules = [backbone, *(h for hb in heads for h in hb)]
     was = [m.training for m in modules]
@@ -122,41 +127,41 @@ def act_evaluate(
         dev = x.device
         thresh = torch.tensor(1.0 - eps, dtype=torch.float32)
         units = torch.zeros(B, len(backbone.blocks), dtype=torch.int64, device=dev)
-        out = backbone.stem(x)
+        rows = RunningRows(backbone.stem(x), chunk_size)
         for b, block in enumerate(backbone.blocks):
             L = len(block)
-            active = torch.arange(B, device=dev)  # examples still running, in the order of ``state``
-            state, out = out, None  # the block input must not stay alive next to the accumulator
             acc = None
-            s = torch.zeros(B, dtype=torch.float32, device=dev)  # S_{l-1} of each example
+            s = torch.zeros(B, dtype=torch.float32, device=dev)  # S_{l-1} of each row
             for l in range(L):
-                state = block[l](state)
-                units[active, b] += 1
-                if l < L - 1:
-                    h = torch.sigmoid(heads[b][l](state))
+                if l == 0:
+                    rows.start_block(block[0])
                 else:
-                    h = torch.ones(state.shape[0], dtype=state.dtype, device=dev)
-                s_prev = s[active]
-                s_new = s_prev + h.to(torch.float32)
-                stop = s_new >= thresh
-                if l == L - 1:
-                    stop = torch.ones_like(stop)
-                w = torch.where(stop, (1.0 - s_prev).to(state.dtype), h)
+                    rows.run(block[l])
+                k, state = rows.k, rows.running
+                if l == L - 1:  # h^L = 1: every running example halts here, with weight R
+                    w = (1.0 - s[:k]).to(state.dtype)
+                    stop = None
+                else:
+                    h = torch.sigmoid(rows.running_map(heads[b][l]))
+                    s_new = s[:k] + h.to(torch.float32)
+                    stop = s_new >= thresh
+                    w = torch.where(stop, (1.0 - s[:k]).to(state.dtype), h)
+                    s[:k] = s_new
                 w = w.reshape(-1, 1, 1, 1)
-                if acc is None:  # l = 0: every example is active
-                    acc = w * state
-                elif state.shape[0] == B:  # nobody has halted yet: accumulate in place, no temporary
-                    acc.addcmul_(state, w)
-                else:  # in place into the rows of the running examples (one temporary of their size)
-                    acc.index_add_(0, active, w * state)
-                s[active] = s_new
-                keep = ~stop
-                active = active[keep]
-                if active.numel() == 0:
-                    break
-                state = state[keep]
-            out = acc
-        logits = backbone.classifier(out)
+                if acc is None:  # l = 0: every row is running
+                    acc = torch.mul(state, w)
+                else:  # in place into the rows of the running examples
+                    acc[:k].addcmul_(state, w)
+                del state
+                if stop is None:
+                    units[rows.examples(slice(0, k)), b] = L
+                elif bool(stop.any()):
+                    units[rows.halt(stop, acc, s), b] = l + 1
+                    if rows.k == 0:
+                        break
+            rows.u = acc  # the block output; the state's storage is freed
+            del acc
+        logits = rows.to_examples(rows.map(backbone.classifier))
     finally:
         for m, t in zip(modules, was, strict=True):
             m.train(t)

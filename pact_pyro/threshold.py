@@ -5,12 +5,14 @@ and stop at the first ``h^l ≥ threshold`` (0.5: the mode of each ``q(z^l | x)`
 The block returns the current state ``u^N``: no weighted accumulator (ACT keeps one), so only one
 activation tensor per block is live.
 
-Early exit at any batch size: within a block the running examples are kept as the leading rows of ``u``
-(a stable partition moves halted rows behind them), so each unit runs on the view ``u[:k]`` of the ``k``
-still-running examples and writes its result back in place: compute follows the per-example decisions
-instead of waiting for the whole batch, with no gathered copy next to the state (peak activation memory =
-the plain full forward's). Rows return to example order at the end of each block. ``mode="sample"``
-draws ``z^l ~ Bernoulli(h^l)`` instead (the hard value of the Concrete sample, for any temperature).
+Early exit at any batch size (:class:`~pact_pyro.early_exit.RunningRows`): within a block the running
+examples are the leading rows of ``u``; when some halt they swap rows with running ones behind them, so each
+unit runs on the view ``u[:k]`` of the ``k`` still-running examples and adds its residual into it in place:
+compute follows the per-example decisions instead of waiting for the whole batch, with no gathered copy
+next to the state (peak activation memory = the plain full forward's; with ``chunk_size``, about one block
+state). Rows stay permuted across blocks; logits and unit counts come back in example order.
+``mode="sample"`` draws ``z^l ~ Bernoulli(h^l)`` instead (the hard value of the Concrete sample, for any
+temperature).
 
 Batch 1 (dispatch-bound) takes a scalar path with the same decisions. Importing this module registers one
 global ``torch.nn`` module-registration hook, which only bumps a counter: it invalidates the cached module
@@ -20,10 +22,12 @@ lists used to check and restore training flags cheaply.
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import NamedTuple
 
 import torch
 
+from .early_exit import RunningRows, check_chunk_size
 from .flops import FlopTable
 
 __all__ = ["ThresholdResult", "threshold", "evaluate_masked"]
@@ -150,8 +154,13 @@ def threshold(
     mode: str = "threshold",
     generator: torch.Generator | None = None,
     flop_table: FlopTable | None = None,
+    chunk_size: int | None = None,
 ) -> ThresholdResult:
     """Evaluate ``x`` ``[B, C, H, W]`` with per-example early exit; see the module docstring.
+
+    ``chunk_size``: run every unit on at most this many examples at a time, adding into the state in place
+    (:mod:`pact_pyro.early_exit`): activation memory ≈ one block state ``[B, C, H, W]`` plus the transients
+    of ``chunk_size`` examples. ``None`` (default) runs all running examples at once (fastest).
 
     ``model``/``guide`` are put in eval mode for the call (BatchNorm uses running statistics) and restored.
     ``threshold = 1.0`` with ``h < 1`` everywhere runs every unit.
@@ -160,8 +169,11 @@ def threshold(
     ``model.evaluate_batch(x, threshold, mode, generator, flop_table)``, which is used instead.
     """
     _check_mode(threshold, mode)
+    check_chunk_size(chunk_size)
     if hasattr(model, "evaluate_batch"):
-        return model.evaluate_batch(x, threshold, mode, generator, flop_table)
+        if chunk_size is None:
+            return model.evaluate_batch(x, threshold, mode, generator, flop_table)
+        return model.evaluate_batch(x, threshold, mode, generator, flop_table, chunk_size=chunk_size)
     net = model.backbone
     net.check_input(x)
     # .eval()/.train() walk every submodule in Python (~1.5 ms for ResNet-32, a third of a batch-1 call): set
@@ -176,42 +188,20 @@ def threshold(
         if B == 1:  # dispatch-bound: decisions and unit counts as Python scalars, no bookkeeping tensors
             return _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator, flop_table)
         units = torch.empty(B, len(net.blocks), dtype=torch.int64, device=dev)
-        rows = None  # torch.arange(B), made at the first compaction
-        u = net.stem(x)
+        rows = RunningRows(net.stem(x), chunk_size)
         for b, block in enumerate(net.blocks):
-            u = block[0](u)  # every example runs unit 1
-            # Rows 0..k-1 of u hold the running examples, in increasing example order (order[i] is the example
-            # in row i); halted ones are moved behind them. The running states are the view u[:k]: no gathered
-            # copy, no scatter, one full-size state per block.
-            k, order, ks = B, None, []
-            for l in range(1, len(block)):
-                stop = _decide(head_logits(b, l - 1, u if k == B else u[:k]), threshold, mode, generator)
-                if bool(stop) if k == 1 else bool(stop.any()):  # (batch 1 is dispatch-bound: one op less)
-                    keep = ~stop
-                    n = int(keep.sum())
-                    if n == 0:
+            rows.start_block(block[0])  # every example runs unit 1
+            L = len(block)
+            for l in range(1, L):
+                stop = _decide(rows.running_map(partial(head_logits, b, l - 1)), threshold, mode, generator)
+                if bool(stop.any()):
+                    units[rows.halt(stop), b] = l
+                    if rows.k == 0:
                         break
-                    perm = torch.cat([keep.nonzero().squeeze(1), stop.nonzero().squeeze(1)])  # stable
-                    u[:k] = u[:k].index_select(0, perm)
-                    if order is None:
-                        rows = torch.arange(B, device=dev) if rows is None else rows
-                        order = rows.clone()
-                    order[:k] = order[:k][perm]
-                    k = n
-                if k == B:
-                    u = block[l](u)  # nobody has halted yet: the old state is simply freed
-                else:
-                    u[:k] = block[l](u[:k])
-                ks.append(k)
-            if order is None:  # nobody halted before the last unit run
-                units[:, b] = 1 + len(ks)
-            else:  # row i ran unit 1 and every later unit l whose running prefix covered it (k_l > i)
-                covered = rows.unsqueeze(1) < torch.tensor(ks, dtype=torch.int64, device=dev)
-                units[order, b] = 1 + covered.sum(1)
-                inv = torch.empty_like(order)
-                inv[order] = rows
-                u = u.index_select(0, inv)  # back to example order
-        logits = net.classifier(u)
+                rows.run(block[l])
+            if rows.k:
+                units[rows.examples(slice(0, rows.k)), b] = L
+        logits = rows.to_examples(rows.map(net.classifier))
     finally:
         for m, was in flags:
             m.training = was

@@ -45,6 +45,8 @@ def test_inference_smoke(capsys):
         assert m["flop_speedup"] >= 1.0  # heads calibrated: some units are skipped
         assert m["quotient"] == pytest.approx(m["wall_speedup"] / m["flop_speedup"], rel=1e-3)
         assert m["flops_threshold_mean"] <= m["flops_full"] * 1.01
+    assert set(r["batch_8"]["sides"]) == {"full", "threshold", "full_chunked", "threshold_chunked"}
+    assert r["batch_8"]["chunked"]["chunk_size"] == 3
 
 
 def test_memory_smoke(capsys):
@@ -55,3 +57,6 @@ def test_memory_smoke(capsys):
     assert m["kept_between_units_mib"]["pact"] < m["kept_between_units_mib"]["act"]
     assert m["peak_mib"]["pact"] <= m["peak_mib"]["full"] * 1.05
     assert m["peak_mib"]["pact"] < m["peak_mib"]["act"]
+    c = r["batch_8_chunk_2"]  # at most 2 of the 8 examples per unit call: below the unchunked peaks
+    assert c["chunk_size"] == 2 and c["peak_mib"]["pact"] < m["peak_mib"]["pact"]
+    assert c["peak_mib"]["pact"] < c["peak_mib"]["act"]

@@ -117,6 +117,12 @@ def test_live_bytes_tracker_counts_storages():
     assert lb.peak == 8192
 
 
+def _unit_starts(net):
+    """A module that starts every unit's computation (``bn1``): evaluations may call ``unit.residual``
+    directly, so the unit's own hooks do not fire there."""
+    return [u.bn1 for block in net.blocks for u in block]
+
+
 def _peak_and_kept(fn, units):
     """Peak live bytes of ``fn()`` and the largest live bytes at the start of any unit (kept in between)."""
     kept = [0]
@@ -142,7 +148,7 @@ def test_threshold_keeps_only_the_current_state(seed):
     x = torch.randn(B, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     state = B * net.widths[0] * SIZE * SIZE * 8  # bytes of one block-1 state [B, 16, 16, 16], float64
     slack = 64 * 1024  # decisions, index vectors, head outputs: O(B) bytes
-    all_units = [u for block in net.blocks for u in block]
+    all_units = _unit_starts(net)
     units = threshold(model, guide, x).units
     assert len(units[:, 0].unique()) > 1  # mixed decisions: compaction happened
 
@@ -216,3 +222,52 @@ def test_a_submodule_swapped_in_training_mode_is_still_evaluated_in_eval_mode():
     assert fresh.training and int(fresh.num_batches_tracked) == 0  # restored, and never used batch stats
     fresh.eval()
     torch.testing.assert_close(res.logits, threshold(model, guide, x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("chunk_size", [1, 5, 24, 100])
+def test_chunked_evaluation_equals_the_whole_batch(seed, chunk_size):
+    """``chunk_size`` changes how many examples a unit call sees, not the result (PACT and ACT)."""
+    from pact_pyro.act import act_evaluate
+
+    model, guide = _net(seed=seed)
+    gen = torch.Generator().manual_seed(200 + seed)
+    x = torch.randn(24, 3, SIZE, SIZE, generator=gen, dtype=torch.float64)
+    ref = threshold(model, guide, x)
+    res = threshold(model, guide, x, chunk_size=chunk_size)
+    assert torch.equal(res.units, ref.units) and torch.equal(res.flops, ref.flops)
+    torch.testing.assert_close(res.logits, ref.logits, rtol=0, atol=1e-10)
+    assert torch.equal(evaluate_masked(model, guide, x)[1], res.units)
+    act_ref = act_evaluate(model.backbone, guide.heads, x)
+    act = act_evaluate(model.backbone, guide.heads, x, chunk_size=chunk_size)
+    assert torch.equal(act.units, act_ref.units)
+    torch.testing.assert_close(act.logits, act_ref.logits, rtol=0, atol=1e-10)
+    assert len(act_ref.units[:, 0].unique()) > 1  # ACT halts at mixed units too
+
+
+def test_chunked_thresholding_needs_about_one_state_and_act_two():
+    """With ``chunk_size = c`` a PACT evaluation peaks at one block-1 state plus the transients of ``c``
+    examples (the stride-2 units write into the front of their input's storage); ACT, with the same
+    machinery, keeps its accumulator on top: at c = B/8 the PACT/ACT peak ratio is below 0.6."""
+    from pact_pyro.act import act_evaluate
+
+    model, guide = _net(seed=0)
+    net = model.backbone
+    B, c = 32, 4
+    x = torch.randn(B, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    state = B * net.widths[0] * SIZE * SIZE * 8
+    slack = 64 * 1024
+    threshold(model, guide, x)  # builds the folded heads' cached weights (one state row per head) first
+    peak, kept = _peak_and_kept(lambda: threshold(model, guide, x, chunk_size=c), _unit_starts(net))
+    assert kept <= state + slack
+    assert peak <= state * (1 + 2 * c / B) + slack  # a unit's two transients, for c examples
+    act_peak, act_kept = _peak_and_kept(
+        lambda: act_evaluate(net, guide.heads, x, chunk_size=c), _unit_starts(net)
+    )
+    assert act_kept >= 2 * state - slack
+    assert act_peak >= 2 * state
+    assert peak / act_peak <= 0.6
+    with pytest.raises(ValueError, match="chunk_size must be None or an int >= 1"):
+        threshold(model, guide, x, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        act_evaluate(net, guide.heads, x, chunk_size=2.5)
