@@ -39,12 +39,26 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def interleaved(
-    fns: dict[str, Callable[[], object]], reps: int, warmup: int, cpu: dict[str, list[float]] | None = None
+    fns: dict[str, Callable[[], object]],
+    reps: int,
+    warmup: int,
+    cpu: dict[str, list[float]] | None = None,
+    faults: dict[str, list[int]] | None = None,
 ) -> dict[str, list[float]]:
     """Time each zero-argument callable ``reps`` times (wall-clock seconds), interleaved, after ``warmup``
     calls of each. With ``cpu`` (a dict), also record each call's process CPU time (``time.process_time``,
     all threads): less sensitive to other processes than wall-clock, but it counts threads' spin-waiting.
+    With ``faults``, each call's minor page faults (``getrusage``: fresh memory the allocator took from the
+    OS, which costs time on first touch).
 
     Round ``r`` runs the callables in order when ``r`` is even and in reverse order when it is odd.
     """
@@ -57,14 +71,19 @@ def interleaved(
     times: dict[str, list[float]] = {n: [] for n in names}
     if cpu is not None:
         cpu.update({n: [] for n in names})
+    if faults is not None:
+        faults.update({n: [] for n in names})
     for r in range(reps):
         for n in names if r % 2 == 0 else reversed(names):
+            f0 = _minor_faults()
             c0 = time.process_time()
             t0 = time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)
             if cpu is not None:
                 cpu[n].append(time.process_time() - c0)
+            if faults is not None:
+                faults[n].append(_minor_faults() - f0)
     return times
 
 

@@ -112,12 +112,13 @@ class ACTResNet(_NoLatentModel):
         mode: str = "threshold",
         generator: torch.Generator | None = None,
         flop_table: FlopTable | None = None,
+        chunk_size: int | None = None,
     ) -> ThresholdResult:
         """Deterministic ACT evaluation (:func:`~pact_pyro.act.act_evaluate`). ACT has no threshold or
         sampling: ``threshold`` is ignored (the rule is ``S ≥ 1 - ε``); ``mode`` must be ``"threshold"``."""
         if mode != "threshold":
             raise ValueError(f"mode must be 'threshold' for an ACT model (deterministic), got {mode!r}")
-        return act_evaluate(self.backbone, self.heads, x, self.eps, flop_table)
+        return act_evaluate(self.backbone, self.heads, x, self.eps, flop_table, chunk_size)
 
 
 class PlainResNet(_NoLatentModel):
@@ -137,14 +138,17 @@ class PlainResNet(_NoLatentModel):
         mode: str = "threshold",
         generator: torch.Generator | None = None,
         flop_table: FlopTable | None = None,
+        chunk_size: int | None = None,
     ) -> ThresholdResult:
-        """Every unit of every example (``threshold``/``mode`` have nothing to decide and are ignored)."""
+        """Every unit of every example (``threshold``/``mode`` have nothing to decide and are ignored);
+        ``chunk_size`` examples at a time if given."""
         net = self.backbone
         net.check_input(x)
+        c = x.shape[0] if chunk_size is None else chunk_size
         was = net.training
         net.eval()
         try:
-            logits = net(x)
+            logits = torch.cat([net(x[i : i + c]) for i in range(0, x.shape[0], c)])
         finally:
             net.train(was)
         units = torch.tensor(net.units_per_block, device=x.device).expand(x.shape[0], -1)

@@ -26,9 +26,11 @@ def evaluate(
     seed: int = 0,
     predictions: str | os.PathLike | None = None,
     progress: bool = True,
+    chunk_size: int | None = None,
 ) -> dict:
     """One JSON-ready dict: ``accuracy``, ``flops_mean``, ``flops_std``, ``flops_full``, ``units_mean``
-    (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction, units (CSV)."""
+    (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction, units (CSV).
+    ``chunk_size`` is passed to :func:`~pact_pyro.threshold.threshold` (the same results, less memory)."""
     device = next(model.backbone.parameters()).device
     C, H, W = data.images.shape[1:]
     table = FlopTable.for_model(model, (C, H, W), guide)
@@ -40,7 +42,7 @@ def evaluate(
         disable=not progress,
         total=-(-len(data) // batch_size),
     ):
-        r = threshold(model, guide, x, threshold_value, mode, gen, table)
+        r = threshold(model, guide, x, threshold_value, mode, gen, table, chunk_size)
         preds.append(r.logits.argmax(-1).cpu())
         units.append(r.units.cpu())
         flops.append(r.flops.cpu())

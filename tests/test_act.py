@@ -220,6 +220,10 @@ def test_threshold_dispatches_to_the_model_rule():
     assert r.units.tolist() == [[2, 1, 2]] * 8
     plain.eval()
     torch.testing.assert_close(r.logits, plain.backbone(x))
+    torch.testing.assert_close(threshold(plain, EmptyGuide(plain), x, chunk_size=3).logits, r.logits)
+    c = threshold(model, EmptyGuide(model), x, chunk_size=3)
+    assert torch.equal(c.units, ref.units)
+    torch.testing.assert_close(c.logits, ref.logits)
 
 
 # ---------------------------------------------------------------- the Pyro models and the MAP objective
@@ -305,6 +309,9 @@ def test_cli_train_evaluate_all_methods(tmp_path, data_root, capsys):
         capsys.readouterr()
         assert main(["evaluate", str(out), "--no-progress", "--test-subset", "64"]) == 0
         res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert main(["evaluate", str(out), "--no-progress", "--test-subset", "64", "--chunk-size", "5"]) == 0
+        chunked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert chunked["accuracy"] == res["accuracy"] and chunked["units_mean"] == res["units_mean"]
         fields = fields or set(res)
         assert set(res) == fields and res["examples"] == 64
         assert res["units_max"] == [1, 1, 1] and res["units_mean"] == [1.0, 1.0, 1.0]

@@ -307,6 +307,11 @@ CLI_CASES = [
         "threshold must be in",
     ),
     ("evaluate --device gpu", ["evaluate", "{tmp}/run", "--device", "gpu"], "device must be auto, cpu, cuda"),
+    (
+        "evaluate --chunk-size 0",
+        ["evaluate", "{tmp}/run", "--chunk-size", "0"],
+        "chunk_size must be None or an int",
+    ),
 ]
 
 
