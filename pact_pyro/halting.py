@@ -98,20 +98,47 @@ def units_to_z(n: torch.Tensor, L: int, dtype: torch.dtype = torch.get_default_d
     return (n.unsqueeze(-1) == ls).to(dtype)
 
 
+class _MixResiduals(torch.autograd.Function):
+    """``u^1 + Σ_{k≥1} e_k F_k`` with a hand-written backward: ``∂/∂u^1 = g``, ``∂/∂F_k = e_k g``,
+    ``∂/∂e_k = <g, F_k>`` per example. (Autograd's ``addcmul`` backward also multiplies every ``F_k`` by the
+    scalar ``value`` — one more full pass per residual; the plain ``u + e * F`` form writes a product and a
+    sum tensor per residual in the forward.)"""
+
+    @staticmethod
+    def forward(ctx, e: torch.Tensor, first: torch.Tensor, *residuals: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (first.dim() - 1)
+        out = torch.addcmul(first, e[:, 1].reshape(shape), residuals[0])
+        for k, f in enumerate(residuals[1:], start=2):
+            out.addcmul_(e[:, k].reshape(shape), f)
+        ctx.save_for_backward(e, *residuals)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        e, *residuals = ctx.saved_tensors
+        shape = (-1,) + (1,) * (g.dim() - 1)
+        grad_e = None
+        if ctx.needs_input_grad[0]:
+            grad_e = torch.zeros_like(e)  # e_1 = 1 is not used
+            dims = tuple(range(1, g.dim()))
+            for k, f in enumerate(residuals, start=1):
+                grad_e[:, k] = (g * f).sum(dims)
+        grad_f = [
+            g * e[:, k].reshape(shape) if ctx.needs_input_grad[k + 1] else None
+            for k in range(1, len(residuals) + 1)
+        ]
+        return (grad_e, g if ctx.needs_input_grad[1] else None, *grad_f)
+
+
 def mix_residuals(first: torch.Tensor, residuals: Sequence[torch.Tensor], e: torch.Tensor) -> torch.Tensor:
     """Relaxed block output ``Σ_l w_l u^l = u^1 + Σ_{l≥2} e_l F_l(u^{l-1})``.
 
     :param first: ``u^1`` ``[B, ...]``.
     :param residuals: ``F_2 .. F_L``, each ``[B, ...]`` (the residual branches of units 2..L).
     :param e: still-running indicators ``[B, L]``.
-    :returns: ``[B, ...]``.
+    :returns: ``[B, ...]``. One multiply-add pass per residual forward, two products backward
+        (first-order gradients only).
     """
     if not residuals:
         return first
-    shape = (-1,) + (1,) * (first.dim() - 1)
-    # one fused multiply-add per residual into one buffer (autograd supports the in-place addcmul_: it
-    # saves e_k and F_k, not the buffer), instead of a product and a sum tensor per residual
-    out = torch.addcmul(first, e[:, 1].reshape(shape), residuals[0])
-    for k, f in enumerate(residuals[1:], start=2):
-        out.addcmul_(e[:, k].reshape(shape), f)
-    return out
+    return _MixResiduals.apply(e, first, *residuals)

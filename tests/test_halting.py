@@ -71,6 +71,11 @@ def test_mix_residuals_gradients_match_finite_differences():
     z = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z, u, *f: mix_residuals(u, f, still_running(z)), (z, u1, *fs))
     assert mix_residuals(u1, [], torch.ones(3, 1, dtype=torch.float64)) is u1
+    # inputs that need no gradient get none (a fixed z, e.g. a deterministic run)
+    e = still_running(z).detach()
+    mix_residuals(u1, fs, e).sum().backward()
+    torch.testing.assert_close(fs[1].grad, e[:, 2].reshape(-1, 1, 1, 1).expand_as(fs[1]))
+    assert e.grad is None
 
 
 def test_bad_inputs():
