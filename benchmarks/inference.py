@@ -102,6 +102,9 @@ def measure(
         "wall_speedup_per_round": {k: v for k, v in wall.items() if k != "ratio_of_medians"},
         "flop_speedup": round(flop_speedup, 4),
         "quotient": round(wall["ratio_of_medians"] / flop_speedup, 4),
+        # the same from the per-round ratios: robust when the host changes speed mid-run (seen here: the full
+        # network at batch 1 switching between ~70 and ~115 ms per repetition within one run)
+        "quotient_per_round": round(wall["per_round_ratio_median"] / flop_speedup, 4),
         "cpu_time_speedup": ratio_stats(cpu["full"], cpu["threshold"])["ratio_of_medians"],
         "mean_units_per_block": [round(float(v), 3) for v in units.mean(0)],
         "flops_full": full_flops,

@@ -46,6 +46,8 @@ def test_inference_smoke(capsys):
         m = r[key]
         assert m["flop_speedup"] >= 1.0  # heads calibrated: some units are skipped
         assert m["quotient"] == pytest.approx(m["wall_speedup"] / m["flop_speedup"], rel=1e-3)
+        q = m["wall_speedup_per_round"]["per_round_ratio_median"] / m["flop_speedup"]
+        assert m["quotient_per_round"] == pytest.approx(q, rel=1e-3)
         assert m["flops_threshold_mean"] <= m["flops_full"] * 1.01
     assert set(r["batch_8"]["sides"]) == {"full", "threshold", "full_chunked", "threshold_chunked"}
     assert r["batch_8"]["chunked"]["chunk_size"] == 3
