@@ -10,6 +10,9 @@ Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``
   optimizer wrapper ``pyro.optim.PyroOptim(torch.optim.<opt>)`` (one torch optimizer per parameter tensor);
 * ``pact_single``: the same with :class:`pact_pyro.optim.SingleOptimizer` (one torch optimizer over all
   tensors, as in the plain loop);
+* ``plain_compiled``, ``pact_single_compiled`` (``--compile``): both with
+  :meth:`~pact_pyro.nn.ResNetBackbone.compile_units` (``torch.compile`` of every residual branch), in their
+  own interleaved pass with ``plain`` (key ``compiled``);
 * ``pact_replay`` (``--replay``): the same loss with a plain-function guide that recomputes the backbone to
   get the head inputs; ``MAPObjective`` traces it and replays the model (two backbone passes per step).
   Timed in a second interleaved pass against ``plain`` (key ``replay``): its larger memory footprint changes
@@ -109,6 +112,31 @@ def build(args):
         model_s.model, guide_s, SingleOptimizer(opt_cls, dict(opt_args)), loss=MAPObjective()
     )
     fns["pact_single"] = lambda: svi_s.step(x, y)
+    if args.compile:  # ResNetBackbone.compile_units on fresh copies of both networks
+        plain_c = ResNetBackbone([n, n, n]).compile_units()
+        plain_c.train()
+        opt_c = opt_cls(plain_c.parameters(), **opt_args)
+
+        def plain_compiled():
+            opt_c.zero_grad(set_to_none=True)
+            F.cross_entropy(plain_c(x), y).backward()
+            opt_c.step()
+
+        model_c = pact_resnet(args.depth)
+        model_c.backbone.compile_units()
+        guide_c = get_guide("relaxed", model_c)
+        objective = MAPObjective()
+
+        def no_retain(model_fn, guide_fn, *a, **k):  # compiled backward graphs refuse retain_graph=True
+            loss = objective.differentiable_loss(model_fn, guide_fn, *a, **k)
+            loss.backward()
+            return loss.detach()
+
+        svi_c = pyro.infer.SVI(
+            model_c.model, guide_c, SingleOptimizer(opt_cls, dict(opt_args)), objective, no_retain
+        )
+        fns["plain_compiled"] = plain_compiled
+        fns["pact_single_compiled"] = lambda: svi_c.step(x, y)
     if args.replay:
         model_r = pact_resnet(args.depth)
         guide_r = get_guide("relaxed", model_r)
@@ -146,6 +174,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--replay", action="store_true", help="also time the trace/replay guide variant")
+    p.add_argument("--compile", action="store_true", help="also time both with ResNetBackbone.compile_units")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per side to stderr")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (depth 8, batch 4, 16x16, 2 reps)")
     args = p.parse_args(argv)
@@ -162,6 +191,7 @@ def main(argv=None) -> dict:
     if args.profile:
         profile(fns, args.profile)
     replay = fns.pop("pact_replay", None)
+    compiled = {k: fns.pop(k) for k in ("plain_compiled", "pact_single_compiled") if k in fns}
     cpu: dict = {}
     faults: dict = {}
     times = interleaved(fns, args.reps, args.warmup, cpu, faults)
@@ -181,6 +211,16 @@ def main(argv=None) -> dict:
         },
     }
     record["minor_page_faults_per_step"] = {k: int(statistics.median(v)) for k, v in faults.items()}
+    if compiled:  # their own pass, after compilation in the warm-up
+        ct = interleaved({"plain": fns["plain"], **compiled}, args.reps, args.warmup)
+        record["compiled"] = {
+            "sides": {k: side_stats(v) for k, v in ct.items()},
+            "pact_single_compiled_over_plain_compiled": ratio_stats(
+                ct["pact_single_compiled"], ct["plain_compiled"]
+            ),
+            "plain_compiled_over_plain": ratio_stats(ct["plain_compiled"], ct["plain"]),
+            "pact_single_compiled_over_plain": ratio_stats(ct["pact_single_compiled"], ct["plain"]),
+        }
     if replay is not None:  # its own interleaved pass: its larger footprint would perturb the sides above
         rt = interleaved({"plain": fns["plain"], "pact_replay": replay}, args.reps, args.warmup)
         record["replay"] = {

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between checkpoints (0: end of each epoch only)",
     )
     t.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (CUDA only)")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the units' residual branches (~20%% faster CPU steps after ~25 s compiling)",
+    )
     t.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl records")
     t.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -224,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
             data_root=args.data_root,
         )
         cfg.checkpoint_every, cfg.amp, cfg.log_every = args.checkpoint_every, args.amp, args.log_every
+        cfg.compile = args.compile
         out = train(
             cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume
         )
@@ -291,7 +297,9 @@ def _train_seq(args: argparse.Namespace) -> int:
     given = {
         tok[2:].split("=")[0].replace("-", "_") for tok in getattr(args, "argv", []) if tok.startswith("--")
     }
-    unused = sorted(given & {"dataset", "depth", "epochs", "augment", "train_subset", "resume", "optimizer"})
+    unused = sorted(
+        given & {"dataset", "depth", "epochs", "augment", "train_subset", "resume", "optimizer", "compile"}
+    )
     if unused:
         raise ValueError(f"--{unused[0].replace('_', '-')} does not apply to --task runs (see --steps, --lr)")
     cfg = SeqConfig(task=args.task, arch=args.arch)

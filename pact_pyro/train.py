@@ -61,6 +61,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
     amp: bool = False  # bf16 autocast of the forward pass (CUDA only)
+    compile: bool = False  # torch.compile the units' residual branches (ResNetBackbone.compile_units)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -108,6 +109,8 @@ class TrainConfig:
             bad("checkpoint_every", "an integer >= 0 (0: checkpoint at the end of each epoch only)")
         if not isinstance(self.amp, bool):
             bad("amp", "True or False")
+        if not isinstance(self.compile, bool):
+            bad("compile", "True or False")
         if self.optimizer not in ("adam", "sgd"):
             bad("optimizer", "'adam' or 'sgd'")
         if not isinstance(self.device, str) or (
@@ -200,7 +203,7 @@ def _make_optim(cfg: TrainConfig, total_steps: int):
     )
 
 
-_RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset")
+_RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset", "compile")
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
@@ -313,6 +316,8 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
     model, guide = build(cfg)
     model.to(device)
     guide.to(device)
+    if cfg.compile:
+        model.backbone.compile_units()
     modules = {"model": model, "guide": guide}
     if ctx.active:
         distributed.broadcast_state([model, guide])
@@ -331,6 +336,13 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
     loss_and_grads = (
         distributed.allreduce_loss_and_grads(loss_fn, [model, guide], ctx.world_size) if ctx.active else None
     )
+    if cfg.compile and loss_and_grads is None:
+        # SVI's default backward retains the graph, which compiled backward graphs (donated buffers) refuse
+        def loss_and_grads(model_fn, guide_fn, *args, **kwargs):
+            loss = loss_fn(model_fn, guide_fn, *args, **kwargs)
+            loss.backward()
+            return loss.detach()
+
     svi = pyro.infer.SVI(model.model, guide, optim, loss=loss_fn, loss_and_grads=loss_and_grads)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, epochs_done, skip = 0, 0, 0
