@@ -45,7 +45,7 @@ def build(args):
 
         model, guide, cfg = load_run(args.checkpoint, device="cpu")
         data = load_dataset(cfg.dataset, False, cfg.data_root)
-        n = max(args.batch, args.images)
+        n = max(*args.batch, args.images)
         images = torch.stack([data[i][0] for i in range(n)]) if not hasattr(data, "x") else data.x[:n]
         return model, guide, images.float()
     from pact_pyro.guides import get_guide
@@ -58,7 +58,7 @@ def build(args):
     gen = torch.Generator().manual_seed(1)
     calib = torch.randn(512 if not args.smoke else 16, 3, args.size, args.size, generator=gen)
     calibrate_heads(model, guide, calib, args.hazard)
-    images = torch.randn(max(args.batch, args.images), 3, args.size, args.size, generator=gen)
+    images = torch.randn(max(*args.batch, args.images), 3, args.size, args.size, generator=gen)
     return model, guide, images
 
 
@@ -120,7 +120,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, default=32)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--batch", type=int, default=256, help="the large batch size (batch 1 is always measured)")
+    p.add_argument("--batch", type=int, nargs="+", default=[256], help="batch sizes besides 1 (always)")
     p.add_argument("--images", type=int, default=32, help="single images per timed repetition at batch 1")
     p.add_argument("--hazard", type=float, default=0.35, help="fraction of running examples halting per head")
     p.add_argument(
@@ -135,7 +135,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes (depth 14, 16x16, batch 8, 2 reps)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.depth, args.size, args.batch, args.images, args.reps, args.warmup = 14, 16, 8, 4, 2, 1
+        args.depth, args.size, args.batch, args.images, args.reps, args.warmup = 14, 16, [8], 4, 2, 1
         args.chunk = 3
     return args
 
@@ -148,9 +148,9 @@ def main(argv=None) -> dict:
     record = {"benchmark": "inference", "goal": "quotient >= 0.85 at every batch size"}
     singles = [images[i : i + 1] for i in range(args.images)]
     record["batch_1"] = measure(model, guide, singles, table, args.reps, args.warmup)
-    record[f"batch_{args.batch}"] = measure(
-        model, guide, [images[: args.batch]], table, args.reps, args.warmup, args.chunk or None
-    )
+    for B in args.batch:  # the chunked sides at the largest batch only
+        chunk = (args.chunk or None) if B == max(args.batch) else None
+        record[f"batch_{B}"] = measure(model, guide, [images[:B]], table, args.reps, args.warmup, chunk)
     record["settings"] = {
         k: getattr(args, k)
         for k in ("depth", "size", "batch", "images", "hazard", "checkpoint", "reps", "chunk", "smoke")

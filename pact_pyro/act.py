@@ -142,7 +142,7 @@ def act_evaluate(
                     w = (1.0 - s[:k]).to(state.dtype)
                     stop = None
                 else:
-                    h = torch.sigmoid(rows.running_map(heads[b][l]))
+                    h = torch.sigmoid(heads[b][l](state))  # [k]: heads make no large temporaries
                     s_new = s[:k] + h.to(torch.float32)
                     stop = s_new >= thresh
                     w = torch.where(stop, (1.0 - s[:k]).to(state.dtype), h)

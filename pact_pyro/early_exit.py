@@ -7,7 +7,7 @@ halt, each halted row in the new prefix ``[0, k')`` swaps places with a running 
 ``u[:k']``: units run on it and write into it in place. Rows are not put back into example order between
 blocks (everything after the stem is per example); only the outputs are, at the end (:meth:`to_examples`).
 
-With ``chunk_size = c`` every unit, head and classifier call sees at most ``c`` rows at a time: a residual
+With ``chunk_size = c`` every unit and classifier call sees at most ``c`` rows at a time: a residual
 unit adds ``F(u[i:j])`` into ``u[i:j]`` in place, and a unit that makes each example smaller (stride 2) writes
 its outputs into the front of its input's storage, which they fit into row by row after the rows they come
 from have been read. The activation memory of an evaluation is then one block state plus what ``c``
@@ -108,13 +108,6 @@ class RunningRows:
                 w.add_(unit.residual(w))
             else:
                 w.copy_(unit(w))
-
-    def running_map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``fn`` on the running rows, ``chunk_size`` at a time, concatenated (for small outputs: logits)."""
-        v = self.running
-        if self.chunk is None or self.chunk >= self.k:
-            return fn(v)
-        return torch.cat([fn(v[i:j]) for i, j in self._spans(self.k)])
 
     def halt(self, stop: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
         """Remove the running rows where ``stop`` (bool ``[k]``) is true from the running prefix; permute

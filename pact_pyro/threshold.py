@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -219,7 +218,8 @@ def threshold(
             rows.start_block(block[0])  # every example runs unit 1
             L = len(block)
             for l in range(1, L):
-                stop = _decide(rows.running_map(partial(head_logits, b, l - 1)), threshold, mode, generator)
+                # a head's output is [k] and it makes no state-sized temporary: no chunking needed
+                stop = _decide(head_logits(b, l - 1, rows.running), threshold, mode, generator)
                 if bool(stop.any()):
                     units[rows.halt(stop), b] = l
                     if rows.k == 0:
