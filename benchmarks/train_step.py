@@ -43,7 +43,7 @@ from pact_pyro.models import pact_resnet  # noqa: E402
 
 from pact_pyro.halting import mix_residuals, still_running  # noqa: E402
 from pact_pyro.nn import ResNetBackbone, resnet_units_per_block  # noqa: E402
-from pact_pyro.objective import MAPObjective  # noqa: E402
+from pact_pyro.objective import MAPObjective, backward_once  # noqa: E402
 from pact_pyro.optim import SingleOptimizer  # noqa: E402
 from pact_pyro.sites import DATA_PLATE, halting_site  # noqa: E402
 
@@ -125,15 +125,13 @@ def build(args):
         model_c = pact_resnet(args.depth)
         model_c.backbone.compile_units()
         guide_c = get_guide("relaxed", model_c)
-        objective = MAPObjective()
-
-        def no_retain(model_fn, guide_fn, *a, **k):  # compiled backward graphs refuse retain_graph=True
-            loss = objective.differentiable_loss(model_fn, guide_fn, *a, **k)
-            loss.backward()
-            return loss.detach()
-
+        objective = MAPObjective()  # compiled backward graphs refuse SVI's retain_graph: backward_once
         svi_c = pyro.infer.SVI(
-            model_c.model, guide_c, SingleOptimizer(opt_cls, dict(opt_args)), objective, no_retain
+            model_c.model,
+            guide_c,
+            SingleOptimizer(opt_cls, dict(opt_args)),
+            objective,
+            backward_once(objective.differentiable_loss),
         )
         fns["plain_compiled"] = plain_compiled
         fns["pact_single_compiled"] = lambda: svi_c.step(x, y)

@@ -20,7 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .sites import DATA_PLATE
 
-__all__ = ["MAPObjective", "model_trace"]
+__all__ = ["MAPObjective", "model_trace", "backward_once"]
 
 
 def model_trace(model: Callable, guide: Callable, *args, **kwargs) -> Trace:
@@ -66,3 +66,16 @@ class MAPObjective:
 
     def __call__(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         return self.differentiable_loss(model, guide, *args, **kwargs)
+
+
+def backward_once(loss_fn: Callable) -> Callable:
+    """A ``loss_and_grads`` for :class:`pyro.infer.SVI` that backpropagates ``loss_fn(model, guide, *args)``
+    without ``retain_graph``. SVI's default for a loss callable retains the graph, which compiled backward
+    graphs (``torch.compile``, donated buffers) refuse."""
+
+    def loss_and_grads(model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        loss = loss_fn(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.detach()
+
+    return loss_and_grads

@@ -14,9 +14,9 @@ state). Rows stay permuted across blocks; logits and unit counts come back in ex
 ``mode="sample"`` draws ``z^l ~ Bernoulli(h^l)`` instead (the hard value of the Concrete sample, for any
 temperature).
 
-Batch 1 (dispatch-bound) takes a scalar path with the same decisions. Importing this module registers one
-global ``torch.nn`` module-registration hook, which only bumps a counter: it invalidates the cached module
-lists used to check and restore training flags cheaply.
+Batch 1 (dispatch-bound) takes a scalar path with the same decisions. Importing this module registers three
+global ``torch.nn`` registration hooks (module, parameter, buffer), which only bump a counter: it
+invalidates the cached module and tensor lists used to check training flags and folded heads cheaply.
 """
 
 from __future__ import annotations
@@ -118,22 +118,13 @@ def _head_logits(guide):
         heads = [h for hb in guide.heads for h in hb]
         stock = all(type(h) is HaltingHead and h.bn.affine and h.bn.running_var is not None for h in heads)
         pairs = [[(h.bn, h.linear) for h in hb] for hb in guide.heads] if stock else None
-        tensors = (
-            [
-                t
-                for h in heads
-                for t in (
-                    h.bn.weight,
-                    h.bn.bias,
-                    h.bn.running_mean,
-                    h.bn.running_var,
-                    h.linear.weight,
-                    h.linear.bias,
-                )
-            ]
-            if stock
-            else []
-        )
+        fields = ("weight", "bias", "running_mean", "running_var")
+        tensors = [
+            t
+            for pb in pairs or []
+            for bn, lin in pb
+            for t in (*(getattr(bn, f) for f in fields), lin.weight, lin.bias)
+        ]
         cached = _FOLDED[guide] = (_STRUCTURE[0], pairs, tensors, None, None)
     structure, pairs, tensors, key, folded = cached
     if pairs is None:
@@ -188,10 +179,11 @@ def threshold(
     of ``chunk_size`` examples. ``None`` (default) runs all running examples at once (fastest).
 
     ``model``/``guide`` are put in eval mode for the call (BatchNorm uses running statistics) and restored.
-    ``threshold = 1.0`` with ``h < 1`` everywhere runs every unit.
+    ``threshold = 1.0`` runs every unit (``logit h ≥ +inf`` never holds).
 
     Models with their own test-time rule (ACT-ResNet, plain ResNet) provide
-    ``model.evaluate_batch(x, threshold, mode, generator, flop_table)``, which is used instead.
+    ``model.evaluate_batch(x, threshold, mode, generator, flop_table)``, which is used instead (with
+    ``chunk_size=`` as a keyword when one is given).
     """
     _check_mode(threshold, mode)
     check_chunk_size(chunk_size)
@@ -248,8 +240,9 @@ def _threshold_one(model, guide, net, x, head_logits, threshold, mode, generator
             if l == L - 1:
                 break
             logit = head_logits(b, l, u)
-            # threshold mode: the comparison _decide makes (logit >= logit(t), both exact in x.dtype)
-            if float(logit) >= lt if lt is not None else bool(_decide(logit, threshold, mode, generator)):
+            # threshold mode: _decide's comparison (logit >= logit(t), exact in x.dtype) on a Python float
+            stop = float(logit) >= lt if lt is not None else bool(_decide(logit, threshold, mode, generator))
+            if stop:
                 n = l + 1
                 break
         units.append(n)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DATASETS, load_dataset
-from .objective import MAPObjective
+from .objective import MAPObjective, backward_once
 from .priors import PRIORS, TruncatedGeometric, TruncatedPoisson, UniformUnits, UnitsPrior
 from .sites import units_site
 
@@ -336,12 +336,8 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
     loss_and_grads = (
         distributed.allreduce_loss_and_grads(loss_fn, [model, guide], ctx.world_size) if ctx.active else None
     )
-    if cfg.compile and loss_and_grads is None:
-        # SVI's default backward retains the graph, which compiled backward graphs (donated buffers) refuse
-        def loss_and_grads(model_fn, guide_fn, *args, **kwargs):
-            loss = loss_fn(model_fn, guide_fn, *args, **kwargs)
-            loss.backward()
-            return loss.detach()
+    if cfg.compile and loss_and_grads is None:  # compiled backward graphs refuse SVI's retain_graph
+        loss_and_grads = backward_once(loss_fn)
 
     svi = pyro.infer.SVI(model.model, guide, optim, loss=loss_fn, loss_and_grads=loss_and_grads)
     gen = torch.Generator().manual_seed(cfg.seed)
