@@ -70,7 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--optimizer", default=d.optimizer, help="adam (one-cycle LR) or sgd (momentum, step decay)"
     )
+    t.add_argument(
+        "--schedule",
+        default=d.schedule,
+        help="LR schedule: auto (adam: one-cycle, sgd: step decay at 60/75/90%%) or cosine (warm-up, cosine)",
+    )
     t.add_argument("--lr", type=float, default=d.lr, help="(peak) learning rate")
+    t.add_argument(
+        "--lr-warmup", type=float, default=d.lr_warmup, help="cosine schedule: fraction of linear LR warm-up"
+    )
+    t.add_argument(
+        "--head-lr-mult",
+        type=float,
+        default=d.head_lr_mult,
+        help="cosine schedule: learning-rate multiplier of the halting heads",
+    )
+    t.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune: start the backbone from a run directory or a backbone state_dict file "
+        "(halting heads start fresh)",
+    )
+    t.add_argument("--channels-last", action="store_true", help="NHWC inputs: faster convolutions on CPU")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
     t.add_argument("--augment", action="store_true", help="random crop and flip (CIFAR)")
     t.add_argument(
@@ -219,7 +240,12 @@ def _run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             optimizer=args.optimizer,
+            schedule=args.schedule,
             lr=args.lr,
+            lr_warmup=args.lr_warmup,
+            head_lr_mult=args.head_lr_mult,
+            init_from=args.init_from,
+            channels_last=args.channels_last,
             weight_decay=args.weight_decay,
             augment=args.augment,
             train_subset=args.train_subset,

@@ -70,6 +70,9 @@ class TrainConfig:
     # NHWC inputs (and so activations): ~15-20 % faster training convolutions on CPU (same results up to
     # float rounding)
     channels_last: bool = False
+    # fine-tuning: a run directory or a backbone state_dict file whose backbone weights start this run
+    # (pact_pyro.finetune); the halting heads start fresh. config.json records the file's sha256.
+    init_from: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -119,6 +122,8 @@ class TrainConfig:
             bad("amp", "True or False")
         if not isinstance(self.compile, bool):
             bad("compile", "True or False")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            bad("init_from", "None or a path (a run directory or a state_dict file)")
         if not isinstance(self.channels_last, bool):
             bad("channels_last", "True or False")
         if self.optimizer not in ("adam", "sgd"):
@@ -156,10 +161,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build(cfg: TrainConfig):
-    """Model and guide for a config (fresh weights), by ``cfg.method``: ``pact`` (PACT-ResNet + halting
-    guide), ``act`` (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
-    :class:`~pact_pyro.guides.EmptyGuide`, so every method trains through the same SVI loop."""
+def build(cfg: TrainConfig, source: dict | None = None):
+    """Model and guide for a config, by ``cfg.method``: ``pact`` (PACT-ResNet + halting guide), ``act``
+    (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
+    :class:`~pact_pyro.guides.EmptyGuide`, so every method trains through the same SVI loop.
+
+    Fresh weights, except that ``source`` (a backbone ``state_dict``, e.g.
+    :func:`~pact_pyro.finetune.load_backbone_source` of ``cfg.init_from``) is loaded into the backbone
+    strictly; halting heads stay fresh."""
+    model, guide = _build(cfg)
+    if source is not None:
+        from .finetune import init_backbone
+
+        init_backbone(model.backbone, source, cfg.init_from or "")
+    return model, guide
+
+
+def _build(cfg: TrainConfig):
     from pact_pyro.guides import EmptyGuide, get_guide
     from pact_pyro.models import act_resnet, pact_resnet, plain_resnet
 
@@ -266,7 +284,7 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
     diff = [
         f"{k}={saved.get(k)!r} (now {now.get(k)!r})"
         for k in sorted(set(now) | set(saved))
-        if k not in _RESUME_FREE and k != "versions" and saved.get(k) != now.get(k)
+        if k not in _RESUME_FREE and k not in ("versions", "init_from_sha256") and saved.get(k) != now.get(k)
     ]
     if diff:
         raise ValueError(
@@ -345,6 +363,12 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
         raise RunDirError(
             f"out={str(out)!r} already exists and is not empty; pass --resume, --overwrite or another --out"
         )
+    source = None
+    if cfg.init_from is not None and ckpt is None:  # checked before anything is written
+        from .finetune import load_backbone_source
+
+        source = load_backbone_source(cfg.init_from)
+        build(cfg, source)  # a mismatch fails here, before the run directory exists
     train_data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
     if len(train_data) < cfg.batch_size:
         raise ValueError(
@@ -356,9 +380,10 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
         if ckpt is None:
             ckpt_path.unlink(missing_ok=True)
             (out / "metrics.jsonl").unlink(missing_ok=True)
-            (out / "config.json").write_text(
-                json.dumps({**dataclasses.asdict(cfg), "versions": _versions()}, indent=2)
-            )
+            record = {**dataclasses.asdict(cfg), "versions": _versions()}
+            if source is not None:
+                record["init_from_sha256"] = source.sha256
+            (out / "config.json").write_text(json.dumps(record, indent=2))
         else:
             _truncate_metrics(out / "metrics.jsonl", ckpt["step"])
             if progress:
@@ -541,6 +566,7 @@ def load_run(path: str | os.PathLike, device: str = "auto"):
     try:
         raw = json.loads((path / "config.json").read_text())
         raw.pop("versions", None)
+        raw.pop("init_from_sha256", None)
         cfg = TrainConfig(**raw)
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{str(path / 'config.json')!r} is not a pact-pyro config: {err}") from None

@@ -1,7 +1,11 @@
-"""Tiny networks shared by tests."""
+"""Tiny networks, tiny datasets and comparisons shared by tests."""
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
+import pytest
 import torch
 from pact_pyro.guides import RelaxedBernoulliGuide
 from pact_pyro.models import PACTResNet
@@ -28,3 +32,38 @@ def tiny_pair(**kw):
     model = tiny_model(**kw)
     guide = RelaxedBernoulliGuide(model)
     return model, guide
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
+
+
+def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
+    """The first ``n`` MNIST images and labels as uncompressed idx files under ``root/mnist/MNIST/raw``."""
+    if not SHARED_MNIST.is_dir():
+        pytest.skip(f"MNIST not found at {SHARED_MNIST}")
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        for kind, header, size in (("images-idx3-ubyte", 16, 784), ("labels-idx1-ubyte", 8, 1)):
+            with gzip.open(SHARED_MNIST / f"{split}-{kind}.gz", "rb") as f:
+                head, body = bytearray(f.read(header)), f.read(n * size)
+            head[4:8] = n.to_bytes(4, "big")
+            (raw / f"{split}-{kind}").write_bytes(bytes(head) + body)
+    return root
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: max |diff| {(a.double() - b.double()).abs().max()}"
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

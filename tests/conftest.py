@@ -39,3 +39,18 @@ def data_root(tmp_path_factory) -> Path:
     if (SHARED_DATA / "cifar10-jpeg").is_dir():
         (root / "cifar10-jpeg").symlink_to(SHARED_DATA / "cifar10-jpeg")
     return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    from tests.common import tiny_mnist
+
+    return tiny_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import socket
@@ -17,23 +16,7 @@ import torch.multiprocessing as mp
 
 from pact_pyro.data import TensorData, batches
 from pact_pyro.distributed import allreduce_loss_and_grads, shard_batches
-
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
-
-
-def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
-    """The first ``n`` MNIST images and labels as uncompressed idx files under ``root/mnist/MNIST/raw``."""
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {SHARED_MNIST}")
-    raw = root / "mnist" / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        for kind, header, size in (("images-idx3-ubyte", 16, 784), ("labels-idx1-ubyte", 8, 1)):
-            with gzip.open(SHARED_MNIST / f"{split}-{kind}.gz", "rb") as f:
-                head, body = bytearray(f.read(header)), f.read(n * size)
-            head[4:8] = n.to_bytes(4, "big")
-            (raw / f"{split}-{kind}").write_bytes(bytes(head) + body)
-    return root
+from tests.common import tiny_mnist
 
 
 def _data(n: int = 37) -> TensorData:

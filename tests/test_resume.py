@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pact_pyro import cli
 from pact_pyro.checkpoint import load_checkpoint
+from tests.common import assert_identical
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
 
@@ -49,38 +49,8 @@ def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_root(tmp_path) -> Path:
-    return tiny_mnist(tmp_path / "data")
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _argv(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*ARGS, "--data-root", str(data_root), "--out", str(out), *extra]
-
-
-def _assert_identical(a, b, where: str = "") -> None:
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"{where}: max |diff| {(a.double() - b.double()).abs().max()}"
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread, capsys):
@@ -120,7 +90,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread, c
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)
     assert a["step"] == b["step"] == TOTAL
     for key in ("model", "guide", "optim", "rng"):
-        _assert_identical(a[key], b[key], key)
+        assert_identical(a[key], b[key], key)
     # the metrics log holds each step once, with the same losses
     la = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +111,7 @@ def test_resume_refuses_other_settings(tiny_root, tmp_path, one_thread, capsys):
     # a finished run resumes to itself; the checkpoint cadence may change
     before = load_checkpoint(out / "checkpoint.pt")
     assert cli.main([*argv, "--resume", "--checkpoint-every", "5"]) == 0
-    _assert_identical(before["model"], load_checkpoint(out / "checkpoint.pt")["model"])
+    assert_identical(before["model"], load_checkpoint(out / "checkpoint.pt")["model"])
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's validation notices the NaN first
@@ -201,4 +171,4 @@ def test_crash_and_resume_with_augmentation_sgd_and_warmup(tiny_root, tmp_path, 
         load_checkpoint(tmp_path / "crashed" / "checkpoint.pt"),
     )
     for key in ("model", "guide", "optim"):
-        _assert_identical(a[key], b[key], key)
+        assert_identical(a[key], b[key], key)

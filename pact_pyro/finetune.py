@@ -1,0 +1,119 @@
+"""Fine-tuning: start a PACT/ACT/plain network from the backbone weights of a trained one.
+
+SACT's ImageNet models are fine-tuned from a pretrained ResNet with freshly initialised halting heads; so are
+ours. The source is a run directory written by ``pact-pyro train`` (usually ``--method plain``; its
+``checkpoint.pt``) or a ``.pt`` file holding a backbone ``state_dict`` (keys ``stem.weight``, ...) or a whole
+model's (keys ``backbone.stem.weight``, ...). Only the backbone loads — strictly, by name and shape; the
+halting heads keep their initialisation (bias −3, ``h ≈ 0.047``: every unit runs at first).
+
+From Python the backbone is an ordinary ``nn.Module``::
+
+    model = pact_resnet(20, prior=TruncatedGeometric(0.05))
+    model.backbone.load_state_dict(torch.load("plain20.pt", weights_only=True))
+
+and :func:`init_backbone` does the same with a one-line error naming the first mismatching key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["BackboneSource", "load_backbone_source", "init_backbone", "export_backbone"]
+
+
+class BackboneSource(dict):
+    """A backbone ``state_dict`` with where it came from: ``.path`` (the file read) and ``.sha256``."""
+
+    path: Path
+    sha256: str
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_backbone_source(source: str | os.PathLike) -> BackboneSource:
+    """Read the backbone weights of ``source`` (a run directory or a ``.pt`` state_dict file).
+
+    Raises ``FileNotFoundError`` when it does not exist and ``ValueError`` (naming ``init_from`` and the path)
+    when it holds no backbone weights.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from={str(source)!r} is a directory without checkpoint.pt")
+        state = load_checkpoint(path)["model"]
+    elif path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors have many types
+            raise ValueError(
+                f"init_from={str(source)!r} is not a state_dict file: {err}".split("\n")[0]
+            ) from None
+        if isinstance(state, dict) and "model" in state and "format" in state:  # a bare checkpoint.pt
+            try:
+                state = load_checkpoint(path)["model"]
+            except CheckpointError as err:
+                raise ValueError(f"init_from={str(source)!r}: {err}") from None
+    else:
+        raise FileNotFoundError(f"init_from={str(source)!r} does not exist (a run directory or a .pt file)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"init_from={str(source)!r} holds no state_dict of tensors")
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    out = BackboneSource(state)
+    out.path, out.sha256 = path, _sha256(path)
+    return out
+
+
+def init_backbone(backbone: torch.nn.Module, state: dict, source: str = "") -> None:
+    """``backbone.load_state_dict(state)`` (strict), after checking keys and shapes in the backbone's order.
+
+    The first mismatch raises ``ValueError``: ``init_from=SOURCE: backbone key K has shape (…) in the source
+    and (…) in the model`` (or is missing from / unexpected in the source). Nothing is loaded then.
+    """
+    own = backbone.state_dict()
+    where = f"init_from={source!r}: " if source else ""
+    for k, v in own.items():
+        if k not in state:
+            raise ValueError(f"{where}backbone key {k!r} {tuple(v.shape)} is missing from the source")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{where}backbone key {k!r} has shape {tuple(state[k].shape)} in the source and "
+                f"{tuple(v.shape)} in the model (another depth, width, input channels or classes?)"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise ValueError(
+            f"{where}the source has key {extra[0]!r} {tuple(state[extra[0]].shape)}, which the "
+            "model's backbone does not (another architecture?)"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{where}backbone key {bad[0]!r} holds non-finite values")
+    backbone.load_state_dict(state, strict=True)
+
+
+def export_backbone(run_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Write the backbone ``state_dict`` of a run's checkpoint to ``path`` (atomically); returns its sha256.
+
+    The file is what ``--init-from`` reads, about 1 MB for a CIFAR ResNet-20.
+    """
+    from .checkpoint import atomic_save
+
+    state = load_backbone_source(run_dir)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(dict(state), path)
+    return _sha256(path)

@@ -1,0 +1,155 @@
+"""Fine-tuning (``--init-from``): exact loading, one-line refusals, crash-safe resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from pact_pyro import cli
+from pact_pyro.checkpoint import load_checkpoint
+from pact_pyro.data import batches, load_dataset
+from pact_pyro.finetune import export_backbone, init_backbone, load_backbone_source
+from pact_pyro.threshold import threshold
+from pact_pyro.train import TrainConfig, build, load_run
+from tests.common import assert_identical
+
+BASE = ["--dataset", "mnist", "--train-subset", "48", "--batch-size", "16", "--device", "cpu",
+        "--no-eval", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture
+def plain_run(tiny_root, tmp_path, one_thread):
+    out = tmp_path / "plain"
+    argv = [
+        "train",
+        *BASE,
+        "--method",
+        "plain",
+        "--depth",
+        "14",
+        "--epochs",
+        "2",
+        "--data-root",
+        str(tiny_root),
+    ]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("method", ["pact", "act"])
+def test_init_from_gives_the_source_logits_with_every_unit(plain_run, tiny_root, method):
+    src_model, _, src_cfg = load_run(plain_run, "cpu")
+    x, _ = next(batches(load_dataset("mnist", False, tiny_root), 32))
+    with torch.no_grad():
+        want = src_model.backbone(x)
+    cfg = TrainConfig(dataset="mnist", depth=14, method=method, init_from=str(plain_run), tau=0.05)
+    model, guide = build(cfg, load_backbone_source(cfg.init_from))
+    model.eval()
+    guide.eval()
+    with torch.no_grad():
+        if method == "pact":
+            got = threshold(model, guide, x, threshold=1.0)  # h >= 1 never holds: every unit runs
+            assert got.units.eq(torch.tensor(model.units_per_block)).all()
+            got = got.logits
+        else:
+            got = model.backbone(x)  # ACT's backbone with every unit is the plain network
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    # the heads are fresh: bias -3 as in SACT
+    heads = guide.heads if method == "pact" else model.heads
+    assert all(float(h.linear.bias.detach()) == -3.0 for block in heads for h in block)
+
+
+def test_init_from_state_dict_file_and_checksum(plain_run, tiny_root, tmp_path):
+    file = tmp_path / "plain14.pt"
+    digest = export_backbone(plain_run, file)
+    state = torch.load(file, weights_only=True)
+    assert set(state) == set(load_run(plain_run, "cpu")[0].backbone.state_dict())
+    # the documented Python route keeps working
+    model, _ = build(TrainConfig(dataset="mnist", depth=14))
+    model.backbone.load_state_dict(state)
+    out = tmp_path / "ft"
+    argv = ["train", *BASE, "--depth", "14", "--epochs", "1", "--init-from", str(file)]
+    assert cli.main([*argv, "--data-root", str(tiny_root), "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["init_from"] == str(file) and cfg["init_from_sha256"] == digest
+    load_run(out, "cpu")  # the extra config key does not break loading
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "shapes"),
+    [
+        (["--depth", "20"], "blocks.0.2.bn1.weight", "is missing"),  # more units than the source
+        (["--depth", "8"], "blocks.0.1.bn1.weight", "the source has key"),  # fewer
+        (
+            ["--dataset", "cifar10", "--depth", "14"],
+            "stem.weight",
+            "(16, 1, 3, 3) in the source and (16, 3, 3, 3)",
+        ),
+    ],
+)
+def test_init_from_mismatch_is_one_line_and_writes_nothing(
+    plain_run, tiny_root, tmp_path, capsys, extra, key, shapes
+):
+    out = tmp_path / "ft"
+    argv = ["train", *BASE, "--epochs", "1", "--init-from", str(plain_run), *extra]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--data-root", str(tiny_root), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"init_from={str(plain_run)!r}" in err and repr(key) in err and shapes in err, err
+    assert not out.exists()
+
+
+def test_init_from_classes_mismatch_names_the_classifier(tmp_path):
+    model, _ = build(TrainConfig(dataset="mnist", depth=8))
+    src = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    fc = [k for k in src if src[k].dim() == 2][0]
+    src[fc] = torch.zeros(5, src[fc].shape[1])
+    with pytest.raises(ValueError, match=rf"'{fc}' has shape \(5, 64\) in the source and \(10, 64\)"):
+        init_backbone(model.backbone, src, "x.pt")
+
+
+def test_init_from_missing_source(tiny_root, tmp_path, capsys):
+    out = tmp_path / "ft"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", *BASE, "--init-from", str(tmp_path / "nope"), "--data-root", str(tiny_root),
+                  "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "init_from=" in err and "does not exist" in err and not out.exists()
+
+
+def test_finetune_sigkill_then_resume_is_bit_identical(plain_run, tiny_root, tmp_path):
+    argv = ["train", *BASE, "--depth", "14", "--epochs", "2", "--seed", "3", "--checkpoint-every", "2",
+            "--init-from", str(plain_run), "--data-root", str(tiny_root)]  # fmt: skip
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pact_pyro.cli", *argv, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    ckpt = killed / "checkpoint.pt"
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint)
+    watcher.start()
+    assert cli.main([*argv, "--out", str(full)]) == 0
+    watcher.join()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 0 < load_checkpoint(ckpt)["step"] < 6
+    assert cli.main([*argv, "--out", str(killed), "--resume"]) == 0
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)
+    for key in ("model", "guide", "optim", "rng"):
+        assert_identical(a[key], b[key], key)
