@@ -56,14 +56,77 @@ from pact_pyro.train import TrainConfig, load_run, train
 FIELDS = [
     "method", "variant", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std",
     "flops_std_pct", "flops_ratio", "flops_full", "units_mean", "units_correct", "units_wrong", "n_correct",
-    "n_wrong", "unit_patterns", "examples", "train_seconds", "run",
+    "n_wrong", "unit_patterns", "error_auroc_units", "examples", "train_seconds", "stage", "run", "commit",
 ]  # fmt: skip
 
 
 def plan(preset: dict) -> list[tuple[str, dict]]:
-    """``(run name, TrainConfig fields)`` for every run of a preset: PACT and ACT interleaved per τ, then the
-    plain depth family (deepest first)."""
+    """``(run name, TrainConfig fields)`` for every run of a preset, in priority order: per seed PACT and ACT
+    interleaved per τ, the variants, the plain depth family (deepest first); then the ``finetune`` stage
+    (PACT and ACT per τ, each τ's extra seeds, fine-tune variants) and the ``scratch`` stage.
+
+    Private keys: ``_variant`` (variant name), ``_stage`` (``""``, ``finetune`` or ``scratch``) and ``_after``
+    (names of runs that must finish first: a fine-tune waits for its source run).
+    """
     base = dict(preset.get("base", {}))
+    runs = _plan_main(preset, base)
+    runs += _plan_finetune(preset, base)
+    for method in ("pact", "act"):
+        spec = preset.get("scratch", {}).get(method)
+        for tau in (spec or {}).get("taus", []):
+            extra = {k: v for k, v in spec.items() if k != "taus"}
+            for seed in preset.get("seeds", [0]):
+                cfg = {**base, **extra, "method": method, "tau": tau, "seed": seed, "_stage": "scratch"}
+                runs.append((f"{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", cfg))
+    names = [n for n, _ in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"preset gives two runs the same name: {sorted(n for n in names if names.count(n) > 1)[:3]}"
+        )
+    return runs
+
+
+def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
+    ft = preset.get("finetune")
+    if not ft:
+        return []
+    if "source" not in ft:
+        raise ValueError("preset 'finetune' must name its 'source' run (e.g. 'plain_d20_s0')")
+    common = {k: v for k, v in ft.items() if k not in ("source", "pact", "act", "variants")}
+    private = {"_stage": "finetune", "_after": [ft["source"]], "_source": ft["source"]}
+    runs, extra_runs = [], []
+    taus = sorted({t for m in ("pact", "act") for t in ft.get(m, {}).get("taus", [])})
+    for tau in taus:
+        for method in ("pact", "act"):
+            spec = ft.get(method, {})
+            if tau not in spec.get("taus", []):
+                continue
+            fields = {k: v for k, v in spec.items() if k not in ("taus", "extra_seeds")}
+            cfg = {**base, **common, **fields, "method": method, "tau": tau}
+            for seed in preset.get("seeds", [0]):
+                runs.append(
+                    (f"ft_{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
+                )
+            for seed in spec.get("extra_seeds", {}).get(f"{tau:g}", []):
+                extra_runs.append(
+                    (f"ft_{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
+                )
+    variants = []
+    for var in ft.get("variants", []):
+        extra = {k: v for k, v in var.items() if k != "name"}
+        if "tau" not in extra or "method" not in extra:
+            raise ValueError(f"variant {var!r} must set 'method' and 'tau'")
+        spec = {k: v for k, v in ft.get(extra["method"], {}).items() if k not in ("taus", "extra_seeds")}
+        for seed in var.get("seeds", preset.get("seeds", [0])):
+            cfg = {**base, **common, **spec, **extra, "seed": seed, **private, "_variant": var["name"]}
+            cfg.pop("seeds", None)
+            variants.append(
+                (f"ft_{cfg['method']}_d{cfg['depth']}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg)
+            )
+    return runs + extra_runs + variants
+
+
+def _plan_main(preset: dict, base: dict) -> list[tuple[str, dict]]:
     runs = []
     for seed in preset.get("seeds", [0]):
         pact, act = preset.get("pact", {}), preset.get("act", {})
@@ -103,6 +166,7 @@ def _adaptivity(pred_csv: Path) -> dict:
         return float(t.mean()) if t.numel() else float("nan")
 
     return {
+        "error_auroc_units": _auroc(total[~correct], total[correct]),
         "units_correct": mean(total[correct]),
         "units_wrong": mean(total[~correct]),
         "n_correct": int(correct.sum()),
@@ -111,7 +175,18 @@ def _adaptivity(pred_csv: Path) -> dict:
     }
 
 
-def evaluate_run(run_dir: Path, preset: dict, data_root: str | None, variant: str = "") -> list[dict]:
+def _auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """P(a misclassified image runs more units than a correct one), ties counted half (Mann-Whitney AUROC):
+    how well the executed units predict an error (0.5: not at all; below 0.5: errors get fewer units)."""
+    if not pos.numel() or not neg.numel():
+        return float("nan")
+    p, n = pos.view(-1, 1), neg.view(1, -1)
+    return float(((p > n).double().mean() + 0.5 * (p == n).double().mean()).item())
+
+
+def evaluate_run(
+    run_dir: Path, preset: dict, data_root: str | None, variant: str = "", stage: str = ""
+) -> list[dict]:
     """Evaluate a trained run on the preset's test subset: one row per test threshold (PACT) or one row."""
     spec = preset.get("eval", {})
     model, guide, cfg = load_run(run_dir, "cpu")
@@ -127,6 +202,7 @@ def evaluate_run(run_dir: Path, preset: dict, data_root: str | None, variant: st
             {
                 "method": cfg.method,
                 "variant": variant,
+                "stage": stage,
                 "depth": cfg.depth,
                 "tau": cfg.tau if cfg.method != "plain" else "",
                 "seed": cfg.seed,
@@ -146,13 +222,90 @@ def evaluate_run(run_dir: Path, preset: dict, data_root: str | None, variant: st
     return rows
 
 
-def collect(runs_dir: Path, names: list[str]) -> list[dict]:
+def collect(runs_dir: Path, names: list[str], kept: dict[str, list[dict]] | None = None) -> list[dict]:
+    """Rows of every finished run, in plan order: its ``sweep_eval.json``, else the rows ``kept`` from an
+    earlier CSV (a fresh clone resumes from the repository's CSV without the run directories)."""
     rows = []
     for name in names:
         f = runs_dir / name / "sweep_eval.json"
         if f.is_file():
             rows.extend(json.loads(f.read_text()))
+        elif kept and name in kept:
+            rows.extend(kept[name])
     return rows
+
+
+def read_kept(csv_path: Path) -> dict[str, list[dict]]:
+    """Rows of an existing sweep CSV by run name, numbers parsed back (empty when there is none)."""
+    if not csv_path.is_file():
+        return {}
+    out: dict[str, list[dict]] = {}
+    with open(csv_path) as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[k] = int(v) if k in ("depth", "seed", "n_correct", "n_wrong", "unit_patterns",
+                                             "examples") else float(v)  # fmt: skip
+                except (TypeError, ValueError):
+                    row[k] = v if v is not None else ""
+            for k in ("method", "variant", "stage", "run", "commit", "units_mean"):
+                row[k] = r.get(k) or ""
+            out.setdefault(row["run"], []).append(row)
+    return out
+
+
+def code_commit() -> str:
+    """The commit of the code running the sweep (``+dirty`` with uncommitted changes), for the CSV."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        )
+        status = ["git", "status", "--porcelain", "--", "."]
+        dirty = subprocess.run(status, cwd=here.parent, capture_output=True, text=True).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "") if rev.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+class Claim:
+    """``<runs>/<name>.claim``, created exclusively, so that several worker processes share one plan. A claim
+    whose process is gone (same host) is stale and taken over."""
+
+    def __init__(self, runs_dir: Path, name: str) -> None:
+        self.path = runs_dir / f"{name}.claim"
+
+    def held_by_other(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return False
+        if host != os.uname().nodename:
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return int(pid) != os.getpid()
+
+    def acquire(self) -> bool:
+        if self.path.exists() and not self.held_by_other():
+            self.path.unlink(missing_ok=True)  # stale
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.uname().nodename} {os.getpid()}\n")
+        return True
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -204,11 +357,40 @@ def plot(csv_path: Path, path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+def source_file(out: Path, source: str) -> Path:
+    """Where a fine-tune source's backbone is kept (``<out>_sources/<source>.pt``, ~1 MB for ResNet-20)."""
+    return out.parent / f"{out.name}_sources" / f"{source}.pt"
+
+
+def _state(name: str, fields: dict, runs_dir: Path, out: Path, done: set[str]) -> str:
+    if name in done:
+        return "done"
+    if Claim(runs_dir, name).held_by_other():
+        return "running"
+    source = fields.get("_source")
+    if source and not source_file(out, source).is_file():
+        return f"waits for {source}"
+    return "ready"
+
+
+def _train_one(cfg: TrainConfig, run_dir: Path) -> None:
+    """Train, continuing an interrupted run directory when its settings still match the plan."""
+    if (run_dir / "checkpoint.pt").is_file():
+        try:
+            train(cfg, run_dir, progress=False, resume=True)
+            return
+        except ValueError as err:
+            if "cannot resume" not in str(err):
+                raise
+            print(f"    {err}; training it again", flush=True)
+    train(cfg, run_dir, overwrite=True, progress=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", required=True, help="preset JSON (examples/configs/*.json)")
     p.add_argument("--runs", required=True, help="folder of the run directories (resumable)")
-    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.png")
+    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv, <out>.md and <out>.png")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument(
@@ -218,22 +400,39 @@ def main(argv: list[str] | None = None) -> int:
         "still covers every finished run of the preset)",
     )
     p.add_argument(
-        "--worker", default="0/1", help="K/N: train every N-th run of the plan from the K-th (0/1: all)"
+        "--worker",
+        default=None,
+        help="K/N: train only every N-th run of the plan from the K-th (default: share the whole plan with "
+        "any other process on the same --runs through claim files)",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument(
+        "--poll", type=float, default=30.0, help="seconds between looks for runs whose source is done"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their stage and state, and exit")
     args = p.parse_args(argv)
-    try:
-        k, n = (int(v) for v in args.worker.split("/"))
-        if not 0 <= k < n:
-            raise ValueError
-    except ValueError:
-        p.error(f"--worker must be K/N with 0 <= K < N, got {args.worker!r}")
+    k, n = 0, 1
+    if args.worker is not None:
+        try:
+            k, n = (int(v) for v in args.worker.split("/"))
+            if not 0 <= k < n:
+                raise ValueError
+        except ValueError:
+            p.error(f"--worker must be K/N with 0 <= K < N, got {args.worker!r}")
 
     torch.set_num_threads(args.threads)
     preset = json.loads(Path(args.preset).read_text())
-    runs = plan(preset)
+    try:
+        runs = plan(preset)
+    except ValueError as err:
+        p.error(f"--preset {args.preset!r}: {err}")
     names = [name for name, _ in runs]  # the table covers every run, whichever process trained it
-    variant_of = {name: cfg.pop("_variant", "") for name, cfg in runs}
+    for name, fields in runs:
+        TrainConfig(**{k2: v for k2, v in fields.items() if not k2.startswith("_")}).validate()
+        missing = [d for d in fields.get("_after", []) if d not in names]
+        if missing:
+            p.error(
+                f"--preset {args.preset!r}: run {name} waits for {missing[0]!r}, which is not in the plan"
+            )
     if args.only:
         keep = set(args.only.split(","))
         unknown = sorted(keep - set(names))
@@ -242,30 +441,73 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r[0] in keep]
     runs = runs[k::n]
     runs_dir, out = Path(args.runs), Path(args.out)
+    kept = read_kept(out.with_suffix(".csv"))
+    done = {m for m in names if (runs_dir / m / "sweep_eval.json").is_file() or m in kept}
     if args.dry_run:
-        for name, cfg in runs:
-            print(name, json.dumps(cfg))
+        for name, fields in runs:
+            cfg = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
+            stage = fields.get("_stage") or "main"
+            state = _state(name, fields, runs_dir, out, done)
+            print(f"{stage:9s} {name:36s} {state:24s} {json.dumps(cfg)}")
         return 0
     runs_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{preset.get('name', Path(args.preset).stem)}: {preset.get('title', '')}".strip(": ")
+    commit = code_commit()
     start = time.time()
-    for i, (name, fields) in enumerate(runs):
-        run_dir = runs_dir / name
-        if (run_dir / "sweep_eval.json").is_file():
-            print(f"[{i + 1}/{len(runs)}] {name}: done, skipped", flush=True)
+
+    def export_sources() -> None:  # keep finished fine-tune sources where a fresh clone finds them
+        for src in {f["_source"] for _, f in runs if f.get("_source")}:
+            path = source_file(out, src)
+            if not path.is_file() and (runs_dir / src / "sweep_eval.json").is_file():
+                from pact_pyro.finetune import export_backbone
+
+                digest = export_backbone(runs_dir / src, path)
+                print(f"    source {src} -> {path} (sha256 {digest[:12]})", flush=True)
+
+    def write_outputs() -> list[dict]:
+        rows = collect(runs_dir, names, kept)
+        if rows:
+            write_csv(rows, out.with_suffix(".csv"))
+            plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
+            out.with_suffix(".md").write_text(summarize(rows))
+        return rows
+
+    while True:
+        export_sources()
+        states = {name: _state(name, f, runs_dir, out, done) for name, f in runs}
+        ready = [(name, f) for name, f in runs if states[name] == "ready"]
+        if not ready:
+            waiting = [name for name, _ in runs if states[name].startswith("waits")]
+            if not waiting:
+                break
+            time.sleep(args.poll)
             continue
-        cfg = TrainConfig(**{**fields, "data_root": args.data_root or fields.get("data_root")})
-        t0 = time.time()
-        print(
-            f"[{i + 1}/{len(runs)}] {name}: training ({time.time() - start:.0f}s into the sweep)", flush=True
-        )
-        train(cfg, run_dir, overwrite=True, progress=False)
-        seconds = time.time() - t0
-        rows = evaluate_run(run_dir, preset, args.data_root, variant_of[name])
-        for r in rows:
-            r["train_seconds"] = seconds
-        (run_dir / "sweep_eval.json").write_text(json.dumps(rows, indent=1))
+        name, fields = ready[0]
+        claim = Claim(runs_dir, name)
+        if not claim.acquire():
+            continue
+        try:
+            if (runs_dir / name / "sweep_eval.json").is_file():  # another process finished it meanwhile
+                done.add(name)
+                continue
+            cfg_fields = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
+            if fields.get("_source"):
+                cfg_fields["init_from"] = str(source_file(out, fields["_source"]))
+            cfg = TrainConfig(**{**cfg_fields, "data_root": args.data_root or fields.get("data_root")})
+            when = f"{time.time() - start:.0f}s into the sweep"
+            print(f"[{len(done) + 1}/{len(names)}] {name}: training ({when})", flush=True)
+            t0 = time.time()
+            _train_one(cfg, runs_dir / name)
+            seconds = time.time() - t0
+            rows = evaluate_run(runs_dir / name, preset, args.data_root, fields.get("_variant", ""),
+                                fields.get("_stage", ""))  # fmt: skip
+            for r in rows:
+                r["train_seconds"], r["commit"] = seconds, commit
+            (runs_dir / name / "sweep_eval.json").write_text(json.dumps(rows, indent=1))
+            done.add(name)
+        finally:
+            claim.release()
         for r in rows:
             print(
                 f"    acc {r['accuracy']:.4f}  flops {r['flops_mean'] / 1e6:.2f}M"
@@ -273,16 +515,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"units {r['units_mean']}  patterns {r['unit_patterns']}  train {seconds:.0f}s",
                 flush=True,
             )
-        done = collect(runs_dir, names)
-        write_csv(done, out.with_suffix(".csv"))
-        plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
-    done = collect(runs_dir, names)
-    if done:
-        write_csv(done, out.with_suffix(".csv"))
-        plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
-        out.with_suffix(".md").write_text(summarize(done))
-    print(f"{len(done)} rows -> {out.with_suffix('.csv')}, {out.with_suffix('.png')}", flush=True)
-    return 0 if not any(math.isnan(r["accuracy"]) for r in done) else 1
+        write_outputs()
+    export_sources()
+    rows = write_outputs()
+    print(f"{len(rows)} rows -> {out.with_suffix('.csv')}, {out.with_suffix('.png')}", flush=True)
+    return 0 if not any(math.isnan(r["accuracy"]) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -248,10 +248,18 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
     xcol = next(c for c in ("flops_mean", "flops", "flops_ratio") if c in sweep.columns)
     scale = 1e6 if xcol != "flops_ratio" else 1.0
     df = sweep.copy()
-    variant = df["variant"].fillna("").astype(str) if "variant" in df.columns else pd.Series("", df.index)
+
+    def text(col: str) -> pd.Series:  # an all-empty CSV column reads as float NaN
+        return df[col].astype(object).where(df[col].notna(), "").astype(str) if col in df.columns else ""
+
+    variant = text("variant") if "variant" in df.columns else pd.Series("", df.index)
     thr = df["threshold"] if "threshold" in df.columns else pd.Series(float("nan"), df.index)
     at_thr = thr.isna() | (thr == threshold_value)
     group = next((c for c in ("method", "source") if c in df.columns), None)
+    if group == "method" and "stage" in df.columns:  # fine-tuned and from-scratch runs are separate lines
+        suffix = text("stage").map({"finetune": " (fine-tuned)", "scratch": " (scratch)"}).fillna("")
+        df["_line"] = df["method"].astype(str) + suffix
+        group = "_line"
     keys = [c for c in ("depth", "tau") if c in df.columns]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     main = df[at_thr & (variant == "")]
@@ -304,7 +312,7 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
                 label=f"{name}, thresholds ≠ {threshold_value:g}",
             )
     vrows = df[at_thr & (variant != "")].assign(_variant=variant)
-    vkeys = [c for c in ("method", "_variant", "tau") if c in vrows.columns]
+    vkeys = [c for c in (group if group == "_line" else "method", "_variant", "tau") if c in vrows.columns]
     for j, (key, g) in enumerate(vrows.groupby(vkeys, sort=False) if len(vrows) else []):
         key = dict(zip(vkeys, key if isinstance(key, tuple) else (key,), strict=True))
         ax.errorbar(
@@ -316,7 +324,7 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
             ms=5,
             capsize=3,
             color=f"C{4 + j % 6}",
-            label=f"{key.get('method', '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
+            label=f"{key.get(vkeys[0], '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
         )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")

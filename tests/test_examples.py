@@ -9,8 +9,10 @@ virtualenv (``<venv>/share/jupyter/kernels/python3``); jupyter_client launches i
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -164,3 +166,62 @@ def test_sweep_plan_variants_and_workers():
         S.plan(bad)
     with pytest.raises(SystemExit):
         S.main(["--preset", "p.json", "--runs", "r", "--out", "o", "--worker", "2/2"])
+
+
+STAGED_PRESET = {
+    "name": "staged",
+    "base": {"dataset": "mnist", "epochs": 1, "batch_size": 32, "train_subset": 64, "device": "cpu"},
+    "seeds": [0],
+    "plain": {"depths": [14, 8]},
+    "finetune": {
+        "source": "plain_d14_s0",
+        "epochs": 0.5,
+        "optimizer": "sgd",
+        "schedule": "cosine",
+        "lr": 0.01,
+        "head_lr_mult": 10.0,
+        "pact": {"depth": 14, "taus": [0.05], "extra_seeds": {"0.05": [1]}},
+        "act": {"depth": 14, "taus": [0.05]},
+        "variants": [{"name": "relaxed", "method": "pact", "tau": 0.05, "guide": "relaxed"}],
+    },
+    "scratch": {"act": {"depth": 14, "taus": [0.1]}},
+    "eval": {"test_subset": 32, "batch_size": 32, "pact_thresholds": [0.5]},
+}
+
+
+def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
+    """Fine-tunes wait for their source run and start from its exported backbone; a fresh clone (no run
+    directories, only the CSV and the source file) resumes without retraining anything."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    names = [n for n, _ in S.plan(STAGED_PRESET)]
+    assert names == [
+        "plain_d14_s0", "plain_d8_s0", "ft_pact_d14_tau0.05_s0", "ft_act_d14_tau0.05_s0",
+        "ft_pact_d14_tau0.05_s1", "ft_pact_d14_tau0.05_relaxed_s0", "act_d14_tau0.1_s0",
+    ]  # fmt: skip
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps(STAGED_PRESET))
+    out = str(tmp_path / "res" / "sweep")
+    args = ["--preset", str(preset), "--runs", str(tmp_path / "runs"), "--out", out,
+            "--data-root", str(tiny_root), "--poll", "0.1"]  # fmt: skip
+    assert S.main([*args, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "waits for plain_d14_s0" in listing and listing.count("ready") == 3, listing
+    assert S.main(args) == 0
+    source = tmp_path / "res" / "sweep_sources" / "plain_d14_s0.pt"
+    cfg = json.loads((tmp_path / "runs" / "ft_act_d14_tau0.05_s0" / "config.json").read_text())
+    assert cfg["init_from"] == str(source) and len(cfg["init_from_sha256"]) == 64
+    with open(tmp_path / "res" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == names
+    assert [r["stage"] for r in rows] == ["", "", "finetune", "finetune", "finetune", "finetune", "scratch"]
+    assert all(r["commit"] and 0 <= float(r["error_auroc_units"] or 0.5) <= 1 for r in rows)
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: the CSV and the source file are in the repository
+    capsys.readouterr()
+    assert S.main(args) == 0
+    assert "training" not in capsys.readouterr().out
+    with open(tmp_path / "res" / "sweep.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == names
