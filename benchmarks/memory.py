@@ -5,7 +5,7 @@ Same network (ResNet-32 backbone and the same halting heads), same batch, CPU:
 * ``full``: ``backbone(x)``, every unit, no heads;
 * ``pact``: ``pact_pyro.threshold.threshold(model, guide, x, chunk_size=c)``: each block keeps only the
   current state ``u`` (running examples are the leading rows, units add into them in place);
-* ``act``: ``pact_pyro.act.act_evaluate(backbone, guide.heads, x, chunk_size=c)``, the project's ACT
+* ``act``: ``pact_pyro.act_evaluate.act_evaluate(backbone, guide.heads, x, chunk_size=c)``, the project's ACT
   inference on the same row machinery (``pact_pyro.early_exit``), which keeps the running weighted sum
   ``Σ_l w^l u^l`` of every example next to the state, updated in place: the least memory an ACT evaluation
   with an accumulator needs.
@@ -40,7 +40,7 @@ from _common import LiveBytes, calibrate_heads, emit, environment, setup  # noqa
 from pact_pyro.guides import get_guide  # noqa: E402
 from pact_pyro.models import pact_resnet  # noqa: E402
 
-from pact_pyro.act import act_evaluate  # noqa: E402
+from pact_pyro.act_evaluate import act_evaluate  # noqa: E402
 from pact_pyro.threshold import threshold  # noqa: E402
 
 MIB = 2**20

@@ -1,11 +1,11 @@
 """ACT-LSTM (Graves, arXiv 1603.08983): the baseline of PACT-LSTM, a Pyro program with no latent variables.
 
 At input step ``t`` all ``M`` cell applications run in training; the halting head gives
-``h_t^n = σ(w · [h, c](s_t^n) + b)`` for ``n < M`` and :func:`~pact_pyro.act.act_halting` gives ``N_t``, the
-remainder ``R_t``, the weights ``w_t`` (``h_t^n`` before ``N_t``, ``R_t`` at ``N_t``) and the ponder cost
-``ρ_t = N_t + R_t``. The state handed on is the mean field ``s_t = Σ_n w_t^n s_t^n``. The ponder cost enters
-as ``pyro.factor("act_cost", -τ Σ_t ρ_t)`` inside the data plate, so ``MAPObjective`` is ACT's loss
-``CE + τ Σ_t mean_i ρ_{t,i}``; it trains with :class:`~pact_pyro.guides.EmptyGuide`.
+``h_t^n = σ(w · [h, c](s_t^n) + b)`` for ``n < M`` and :func:`~pact_pyro.halting.act_halting` gives
+``N_t``, the remainder ``R_t``, the weights ``w_t`` (``h_t^n`` before ``N_t``, ``R_t`` at ``N_t``) and the
+ponder cost ``ρ_t = N_t + R_t``. The state handed on is the mean field ``s_t = Σ_n w_t^n s_t^n``. The ponder
+cost enters as ``pyro.factor("act_cost", -τ Σ_t ρ_t)`` inside the data plate, so ``MAPObjective`` is ACT's
+loss ``CE + τ Σ_t mean_i ρ_{t,i}``; it trains with :class:`~pact_pyro.guides.EmptyGuide`.
 Test time: :func:`act_lstm_evaluate` (deterministic, per-example early exit, weighted accumulator).
 """
 
@@ -17,7 +17,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
-from pact_pyro.act import ACT_EPS, act_halting
+from pact_pyro.halting import ACT_EPS, act_halting
 from pact_pyro.nn.lstm import LSTMHaltingHead, PonderLSTM, state_features
 from pact_pyro.sites import ACT_COST_SITE, DATA_PLATE, ponder_units_site
 

@@ -4,10 +4,11 @@ Both train through the same ``SVI(model.model, EmptyGuide(model), optim, loss=MA
 (the objective is then ``-log p(y | x) - Σ factors``, per example).
 
 ACT-ResNet (Graves 2016; SACT code, pact-notes.md §3): in block ``b`` every unit runs in training, the
-halting heads give ``h_b^1..h_b^{L-1}`` and :func:`~pact_pyro.act.act_halting` gives the weights ``w`` and the
-ponder cost ``ρ_b = N_b + R_b``; the block outputs ``Σ_l w^l u^l``. The ponder cost enters as
+halting heads give ``h_b^1..h_b^{L-1}`` and :func:`~pact_pyro.halting.act_halting` gives the weights ``w`` and
+the ponder cost ``ρ_b = N_b + R_b``; the block outputs ``Σ_l w^l u^l``. The ponder cost enters as
 ``pyro.factor("ponder_{b}", -τ ρ_b)`` inside the data plate, so the loss is ``CE + τ Σ_b mean_i ρ_{b,i}``
-(SACT's ``add_all_ponder_costs``). Test time: :func:`~pact_pyro.act.act_evaluate` (deterministic, early exit).
+(SACT's ``add_all_ponder_costs``). Test time: :func:`~pact_pyro.act_evaluate.act_evaluate` (deterministic,
+early exit).
 
 Plain ResNet: every unit, no halting; ``units = L_b`` for every example.
 """
@@ -23,8 +24,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pact_pyro.act import ACT_EPS, act_evaluate, act_halting
+from pact_pyro.act_evaluate import act_evaluate
 from pact_pyro.flops import FlopTable
+from pact_pyro.halting import ACT_EPS, act_halting
 from pact_pyro.nn import HaltingHead, ResNetBackbone, resnet_units_per_block
 from pact_pyro.sites import DATA_PLATE, OBS_SITE, units_site
 from pact_pyro.threshold import ThresholdResult
@@ -114,8 +116,9 @@ class ACTResNet(_NoLatentModel):
         flop_table: FlopTable | None = None,
         chunk_size: int | None = None,
     ) -> ThresholdResult:
-        """Deterministic ACT evaluation (:func:`~pact_pyro.act.act_evaluate`). ACT has no threshold or
-        sampling: ``threshold`` is ignored (the rule is ``S ≥ 1 - ε``); ``mode`` must be ``"threshold"``."""
+        """Deterministic ACT evaluation (:func:`~pact_pyro.act_evaluate.act_evaluate`). ACT has no
+        threshold or sampling: ``threshold`` is ignored (the rule is ``S ≥ 1 - ε``); ``mode`` must be
+        ``"threshold"``."""
         if mode != "threshold":
             raise ValueError(f"mode must be 'threshold' for an ACT model (deterministic), got {mode!r}")
         return act_evaluate(self.backbone, self.heads, x, self.eps, flop_table, chunk_size)

@@ -11,11 +11,25 @@ The block output is ``u^N = Σ_l w_l u^l``. For relaxed ``z ∈ [0, 1]`` (Concre
 formulas give the relaxed mixture and the relaxed count ``Ñ``. Because ``u^l = u^{l-1} + F_l(u^{l-1})``,
 ``Σ_l w_l u^l = u^1 + Σ_{l≥2} e_l F_l(u^{l-1})``: one accumulator, no stack of unit outputs
 (:func:`mix_residuals`).
+
+**ACT's halting rule** (Graves; the SACT code; pact-notes.md §3), PACT's baseline, is the other halting
+algebra here (:func:`act_halting`). After unit ``l < L`` a halting head gives ``h^l ∈ (0, 1)``, ``h^L := 1``;
+with the running float32 sum ``S_n = h^1 + … + h^n``:
+
+* ``N = min{n : S_n ≥ float32(1 − ε)}`` (``≥``, not ``>``; ``N ≤ L``), a stop-gradient integer;
+* remainder ``R = 1 − S_{N−1}`` (``N = 1`` gives ``R = 1``);
+* weights ``w^l = h^l`` for ``l < N``, ``w^N = R``, ``0`` after (``Σ_l w^l = 1``);
+* block output ``Σ_l w^l u^l`` and ponder cost ``ρ = N + R``, so ``∂ρ/∂h^l = −1`` for ``l < N``.
+
+Training loss: ``CE + τ Σ_b mean_i ρ_{b,i}``. The output and ``ρ`` jump when ``S`` crosses ``1 − ε``: the
+objective is discontinuous in ``h``, unlike PACT's relaxed one. ACT's test-time evaluator is
+:func:`pact_pyro.act_evaluate.act_evaluate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -26,6 +40,9 @@ __all__ = [
     "threshold_units",
     "units_to_z",
     "mix_residuals",
+    "ACTHalting",
+    "act_halting",
+    "ACT_EPS",
 ]
 
 
@@ -142,3 +159,65 @@ def mix_residuals(first: torch.Tensor, residuals: Sequence[torch.Tensor], e: tor
     if not residuals:
         return first
     return _MixResiduals.apply(e, first, *residuals)
+
+
+# --- ACT (the baseline) ------------------------------------------------------------------------------------
+
+ACT_EPS = 0.01  # SACT's ε
+
+
+class ACTHalting(NamedTuple):
+    """Result of :func:`act_halting` for halting probabilities ``h`` of shape ``[..., L-1]``.
+
+    ``units`` int64 ``[...]`` (1-based ``N``), ``remainder`` ``[...]`` (``R``), ``weights`` ``[..., L]``
+    (``w``), ``ponder_cost`` ``[...]`` (``ρ = N + R``). Floating results have the dtype of ``h``.
+    """
+
+    units: torch.Tensor
+    remainder: torch.Tensor
+    weights: torch.Tensor
+    ponder_cost: torch.Tensor
+
+
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must be in [0, 1), got {eps!r}")
+    return eps
+
+
+def act_halting(h: torch.Tensor, eps: float = ACT_EPS) -> ACTHalting:
+    """ACT halting of one block from ``h`` ``[..., L-1]`` (units ``1..L-1``; ``h^L := 1`` is implicit).
+
+    Any leading shape works: ``[B]`` per example, ``[B, H, W]`` per spatial position (SACT). ``L = 1``
+    (``h`` of shape ``[..., 0]``) gives ``N = 1``, ``R = 1``, ``w = [1]``, ``ρ = 2``.
+
+    The halting decision uses a float32 running sum compared with ``float32(1 - eps)``, whatever the dtype of
+    ``h``; ``R`` and ``w`` are differentiable in ``h`` (with ``N`` held fixed).
+    """
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.dim() < 1:
+        raise ValueError(f"h must have a trailing unit dimension [..., L-1], got shape {tuple(h.shape)}")
+    if not h.is_floating_point():
+        raise TypeError(f"h must be floating point, got dtype {h.dtype}")
+    eps = _check_eps(eps)
+    ones = torch.ones(h.shape[:-1] + (1,), dtype=h.dtype, device=h.device)
+    hh = torch.cat([h, ones], dim=-1)  # [..., L] with h^L = 1
+    L = hh.shape[-1]
+    with torch.no_grad():
+        s32 = torch.cumsum(hh.detach().to(torch.float32), dim=-1)  # S_1..S_L in float32
+        halt = s32 >= torch.tensor(1.0 - eps, dtype=torch.float32)
+        halt[..., -1] = True  # h^L = 1 forces a halt at L even for negative/NaN-free corner cases
+        n0 = halt.to(torch.int64).argmax(dim=-1)  # 0-based N - 1: the first True
+    ls = torch.arange(L, device=h.device)
+    before = ls < n0.unsqueeze(-1)  # l < N (1-based)
+    at = ls == n0.unsqueeze(-1)
+    zero = torch.zeros(h.shape[:-1] + (1,), dtype=h.dtype, device=h.device)
+    s_excl = torch.cat([zero, torch.cumsum(hh, dim=-1)[..., :-1]], dim=-1)  # S_0 = 0, S_1..S_{L-1}
+    s_prev = s_excl.gather(-1, n0.unsqueeze(-1)).squeeze(-1)  # S_{N-1}, the same running sum
+    remainder = 1.0 - s_prev
+    weights = torch.where(before, hh, torch.zeros((), dtype=hh.dtype, device=hh.device))
+    weights = weights + at.to(hh.dtype) * remainder.unsqueeze(-1)
+    units = n0 + 1
+    return ACTHalting(units, remainder, weights, units.to(h.dtype) + remainder)

@@ -13,8 +13,9 @@ from pact_pyro.guides import EmptyGuide
 from pact_pyro.models import ACTResNet, PlainResNet
 
 from pact_pyro import MAPObjective
-from pact_pyro.act import act_evaluate, act_halting
+from pact_pyro.act_evaluate import act_evaluate
 from pact_pyro.flops import FlopTable
+from pact_pyro.halting import act_halting
 from pact_pyro.nn import ResNetBackbone
 from pact_pyro.threshold import threshold
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pact_pyro.act import act_evaluate
+from pact_pyro.act_evaluate import act_evaluate
 from pact_pyro.cli import main
 from pact_pyro.flops import FlopTable
 from pact_pyro.threshold import threshold

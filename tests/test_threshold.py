@@ -164,7 +164,7 @@ def test_threshold_keeps_only_the_current_state(seed):
     # a unit needs its input and two transients (activation, convolution output): 3 states, downsampling
     # units included (their shortcut is computed after the residual) and no accumulator; ACT needs one more
     assert peak <= 3 * state + slack
-    from pact_pyro.act import act_evaluate
+    from pact_pyro.act_evaluate import act_evaluate
 
     act_peak, act_kept = _peak_and_kept(lambda: act_evaluate(net, guide.heads, x), all_units)
     assert act_kept >= 2 * state - slack  # state and accumulator between units
@@ -228,7 +228,7 @@ def test_a_submodule_swapped_in_training_mode_is_still_evaluated_in_eval_mode():
 @pytest.mark.parametrize("chunk_size", [1, 5, 24, 100])
 def test_chunked_evaluation_equals_the_whole_batch(seed, chunk_size):
     """``chunk_size`` changes how many examples a unit call sees, not the result (PACT and ACT)."""
-    from pact_pyro.act import act_evaluate
+    from pact_pyro.act_evaluate import act_evaluate
 
     model, guide = _net(seed=seed)
     gen = torch.Generator().manual_seed(200 + seed)
@@ -249,7 +249,7 @@ def test_chunked_thresholding_needs_about_one_state_and_act_two():
     """With ``chunk_size = c`` a PACT evaluation peaks at one block-1 state plus the transients of ``c``
     examples (the stride-2 units write into the front of their input's storage); ACT, with the same
     machinery, keeps its accumulator on top: at c = B/8 the PACT/ACT peak ratio is below 0.6."""
-    from pact_pyro.act import act_evaluate
+    from pact_pyro.act_evaluate import act_evaluate
 
     model, guide = _net(seed=0)
     net = model.backbone
