@@ -38,7 +38,8 @@ html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
 html_static_path = ["_static"]
 
 # notebooks and code cells run on every build, in the notebooks' smoke mode (CI set by scripts/docs.sh)
-nb_execution_mode = "inline"  # one process: torch is imported once, not per page
+# "inline": one process, torch imported once; PACT_PYRO_DOCS_EXECUTE=off for a quick look at the layout
+nb_execution_mode = os.environ.get("PACT_PYRO_DOCS_EXECUTE", "inline")
 nb_execution_raise_on_error = True
 nb_execution_timeout = 600
 nb_merge_streams = True
@@ -46,7 +47,7 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = False
 nitpicky = True
 # no network here: names from other projects are not resolved (no intersphinx inventories)
@@ -56,12 +57,15 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Tensor|TorchDistribution|Figure|Axes|InferenceData|Path|PathLike|Module|Generator)"),
     (r"py:.*", r"(Callable|Iterator|Iterable|Sequence|Mapping|Any|Literal)"),
     (r"py:.*", r"(os|dataclasses|pathlib)\..*"),
+    (r"py:.*", r"(ExpandedDistribution)"),
     (r"py:.*", r"(optional|callable|int|float|str|bool|dict|list|tuple|None|type|object)"),
 ]
 
 # -- the landing page's picture: the quick sweep's plot, copied in at build time ---------------------------
 (Path(__file__).parent / "_static").mkdir(exist_ok=True)
-shutil.copyfile(ROOT / "results" / "tradeoff_cifar10_cpu.png", Path(__file__).parent / "_static" / "tradeoff.png")
+shutil.copyfile(
+    ROOT / "results" / "tradeoff_cifar10_cpu.png", Path(__file__).parent / "_static" / "tradeoff.png"
+)
 
 # -- tutorials: the example notebooks, copied in at build time -------------------------------------------
 _TUTORIALS = Path(__file__).parent / "tutorials"
@@ -110,7 +114,43 @@ def _check_public_names(app, env) -> None:
                 log.warning(f"public name {pkg}.{name} is documented nowhere in the API reference")
 
 
+def _resolve_reexport(app, env, node, contnode):
+    """Resolve ``pact_pyro.guides.EmptyGuide`` (a re-export) or a name relative to the current module/class
+    to the place where the object is documented (its defining module)."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    mod, cls = node.get("py:module"), node.get("py:class")
+    candidates = [target] + [f"{p}.{target}" for p in (f"{mod}.{cls}" if mod and cls else None, mod) if p]
+    domain = env.get_domain("py")
+    for cand in candidates:
+        parts = cand.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr)
+            except (ImportError, AttributeError):
+                continue
+            home = getattr(obj, "__module__", None)
+            qual = getattr(obj, "__qualname__", None)
+            canonical = f"{home}.{qual}" if home and qual else None
+            if canonical is None:  # a constant: documented in the module that exports it
+                canonical = ".".join(parts[:i]) + "." + ".".join(parts[i:])
+            ref = domain.resolve_xref(
+                env, node["refdoc"], app.builder, node["reftype"], canonical, node, contnode
+            )
+            if ref is None and node["reftype"] in ("class", "func", "meth", "data", "obj"):
+                ref = domain.resolve_any_xref(env, node["refdoc"], app.builder, canonical, node, contnode)
+                ref = ref[0][1] if ref else None
+            if ref is not None:
+                return ref
+            break
+    return None
+
+
 def setup(app):
+    app.connect("missing-reference", _resolve_reexport)
     app.connect("autodoc-process-docstring", _record)
     app.connect("env-check-consistency", _check_public_names)
     os.environ.setdefault("CI", "true")

@@ -5,6 +5,7 @@ from .halting_guide import HaltingGuide
 from .lstm_guide import LSTMHaltingGuide, LSTMRelaxedBernoulliGuide, LSTMStraightThroughGuide, get_lstm_guide
 from .relaxed_bernoulli import RelaxedBernoulliGuide, StraightThroughGuide
 
+#: the guides ``pact-pyro train --guide`` knows, by name
 GUIDES = {"relaxed": RelaxedBernoulliGuide, "straight-through": StraightThroughGuide}
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "restore_optim",
 ]
 
+#: the ``format`` field every trainer checkpoint carries
 FORMAT = "pact-pyro-checkpoint"
+#: checkpoint layout version (bumped when the saved fields change)
 VERSION = 1
 
 

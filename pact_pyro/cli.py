@@ -32,6 +32,7 @@ _SEQ_FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pact-pyro`` argument parser (commands ``train``, ``evaluate``, ``flops``, ``report``)."""
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--num-samples", type=int, default=8, help="draws z ~ q per test example")
     r.add_argument(
-        "--sweep", nargs="*", default=None, help="sweep CSVs to plot (default: results/*.csv if any)"
+        "--sweep", nargs="*", default=None, help="sweep CSVs to plot (default: every CSV in results/)"
     )
     r.add_argument("--data-root", default=None, help="dataset folder (default: the run's, $PACT_PYRO_DATA)")
     r.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
@@ -382,6 +383,8 @@ def _flops(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pact-pyro`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status. Bad input exits
+    with status 2 and one line ``pact-pyro: error: …`` naming the argument and the value."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (train --task)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 __all__ = ["DATASETS", "TensorData", "load_dataset", "resolve_data_root", "batches"]
 
+#: ``name → (channels, size, classes, mean, std)`` of the supported image datasets
 DATASETS = {
     # name: (channels, size, classes, mean, std)
     "mnist": (1, 28, 10, (0.1307,), (0.3081,)),

@@ -5,7 +5,8 @@ still running in the current block; ``order[i]`` is the example held in row ``i`
 halt, each halted row in the new prefix ``[0, k')`` swaps places with a running row behind it (at most
 ``min(#halted, #running)`` row moves, no full-batch gather), so the running examples are again the view
 ``u[:k']``: units run on it and write into it in place. Rows are not put back into example order between
-blocks (everything after the stem is per example); only the outputs are, at the end (:meth:`to_examples`).
+blocks (everything after the stem is per example); only the outputs are, at the end
+(:meth:`RunningRows.to_examples`).
 
 With ``chunk_size = c`` every unit and classifier call sees at most ``c`` rows at a time: a residual
 unit adds ``F(u[i:j])`` into ``u[i:j]`` in place, and a unit that makes each example smaller (stride 2) writes

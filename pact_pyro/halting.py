@@ -163,7 +163,8 @@ def mix_residuals(first: torch.Tensor, residuals: Sequence[torch.Tensor], e: tor
 
 # --- ACT (the baseline) ------------------------------------------------------------------------------------
 
-ACT_EPS = 0.01  # SACT's ε
+#: SACT's ε (ACT halts at the first ``n`` with ``S_n ≥ 1 − ε``)
+ACT_EPS = 0.01
 
 
 class ACTHalting(NamedTuple):

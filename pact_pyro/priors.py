@@ -183,6 +183,7 @@ class CategoricalUnits(UnitsPrior):
         return f"CategoricalUnits(probs={[round(p, 4) for p in self.probs.tolist()]})"
 
 
+#: the priors ``pact-pyro train --prior`` knows, by name
 PRIORS = {"geometric": TruncatedGeometric, "uniform": UniformUnits, "poisson": TruncatedPoisson}
 
 

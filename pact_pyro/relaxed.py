@@ -18,6 +18,7 @@ from torch.distributions.utils import clamp_probs
 
 __all__ = ["RelaxedBernoulli", "RelaxedBernoulliStraightThrough", "check_temperature", "LOW_TEMPERATURE"]
 
+#: below this Concrete temperature most halting gradients are exactly zero (a warning is raised)
 LOW_TEMPERATURE = 0.1
 _LOG_PROB_LOGIT_CLAMP = 15.0
 

@@ -34,13 +34,17 @@ __all__ += [
     "ACT_COST_SITE",
 ]
 
+#: the ``pyro.factor`` site of an ACT-LSTM's ponder cost ``-τ Σ_t ρ_t``
 ACT_COST_SITE = "act_cost"
 
+#: the name of the ``pyro.plate`` over examples
 DATA_PLATE = "data"
+#: the observed label site ``y ~ Categorical(logits)``
 OBS_SITE = "y"
 
 
 def halting_site(block: int) -> str:
+    """``z_{block}``: the halting latents of a block, event shape ``[L-1]``."""
     return f"z_{block}"
 
 
@@ -50,6 +54,7 @@ def activation_site(block: int, unit: int) -> str:
 
 
 def units_site(block: int) -> str:
+    """``units_{block}``: a deterministic site recording ``N`` (or the relaxed ``Ñ``) per example."""
     return f"units_{block}"
 
 
@@ -66,10 +71,12 @@ def ponder_state_site(step: int) -> str:
 
 
 def ponder_halting_site(step: int) -> str:
+    """``ponder_z_{step}``: a PACT-LSTM's halting latents at input step ``t``, event shape ``[M-1]``."""
     return f"ponder_z_{step}"
 
 
 def ponder_units_site(step: int) -> str:
+    """``ponder_units_{step}``: the (relaxed) number of ponder steps at input step ``t``."""
     return f"ponder_units_{step}"
 
 

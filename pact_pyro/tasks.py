@@ -81,6 +81,7 @@ def addition(n: int, steps: int = 5, digits: int = 5, generator: torch.Generator
     return SeqBatch(x, y, carries)
 
 
+#: the sequence tasks ``pact-pyro train --task`` knows, by name
 TASKS = {"parity": parity, "addition": addition}
 
 

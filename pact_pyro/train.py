@@ -28,7 +28,7 @@ __all__ = ["TrainConfig", "train", "build", "load_run", "resolve_device", "RunDi
 
 
 class RunDirError(FileExistsError):
-    pass
+    """``out`` exists and is not empty, and neither ``resume`` nor ``overwrite`` was given."""
 
 
 @dataclass

@@ -134,10 +134,12 @@ class SeqConfig:
         return task_sizes(self.task, self.bits, self.digits)
 
 
+#: the CPU parity preset (``pact-pyro train --task parity --arch lstm``): the defaults of :class:`SeqConfig`
 PARITY_PRESET = SeqConfig()
 
 
 def make_data(cfg: SeqConfig, n: int, generator: torch.Generator) -> SeqBatch:
+    """``n`` examples of ``cfg.task`` drawn with ``generator``."""
     if cfg.task == "parity":
         return parity(n, cfg.bits, generator)
     return addition(n, cfg.seq_len, cfg.digits, generator)

@@ -5,7 +5,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pact_pyro, pytest, ruff, torch, torchvision, pyro, arviz" 2>/dev/null; then
+if ! .venv/bin/python -c "import pact_pyro, pytest, ruff, torch, torchvision, pyro, arviz, sphinx, myst_nb, sphinxarg, pydata_sphinx_theme" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   # CPU machines here have these two wheels on disk; other versions download gigabytes.
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"

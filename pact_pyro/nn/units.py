@@ -16,6 +16,7 @@ BN_EPS = 1e-3  # SACT: decay 0.9 (torch momentum 0.1), epsilon 1e-3
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free 3×3 convolution with padding 1 and He (variance-scaling) initialisation."""
     conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
     nn.init.kaiming_normal_(conv.weight, a=0.1, nonlinearity="leaky_relu")
     return conv
@@ -30,6 +31,7 @@ class PreActUnit(nn.Module):
     """One residual unit; ``forward(u) = shortcut(u) + residual(u)``.
 
     :param c_in: input channels ``C``; :param c_out: output channels; :param stride: 1 or 2.
+
     Shapes: ``[B, c_in, H, W] → [B, c_out, ⌈H/stride⌉, ⌈W/stride⌉]``.
     """
 
