@@ -63,7 +63,7 @@ FIELDS = [
 def plan(preset: dict) -> list[tuple[str, dict]]:
     """``(run name, TrainConfig fields)`` for every run of a preset, in priority order: per seed PACT and ACT
     interleaved per τ, the variants, the plain depth family (deepest first); then the ``finetune`` stage
-    (PACT and ACT per τ, each τ's extra seeds, fine-tune variants) and the ``scratch`` stage.
+    (PACT and ACT per τ, the fine-tune variants, each τ's extra seeds) and the ``scratch`` stage.
 
     Private keys: ``_variant`` (variant name), ``_stage`` (``""``, ``finetune`` or ``scratch``) and ``_after``
     (names of runs that must finish first: a fine-tune waits for its source run).
@@ -123,7 +123,7 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
             variants.append(
                 (f"ft_{cfg['method']}_d{cfg['depth']}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg)
             )
-    return runs + extra_runs + variants
+    return runs + variants + extra_runs  # A/B variants decide defaults: before the extra seeds
 
 
 def _plan_main(preset: dict, base: dict) -> list[tuple[str, dict]]:

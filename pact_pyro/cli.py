@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.tau_warmup,
         help="fraction of training over which the prior's weight ramps from 0 to 1",
     )
+    t.add_argument(
+        "--particles", type=int, default=d.particles, help="relaxed samples of z per example per step"
+    )
     t.add_argument("--epochs", type=float, default=d.epochs, help="training epochs (fractions allowed)")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
     t.add_argument(
@@ -238,6 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             guide=args.guide,
             temperature=args.temperature,
             tau_warmup=args.tau_warmup,
+            particles=args.particles,
             epochs=args.epochs,
             batch_size=args.batch_size,
             optimizer=args.optimizer,

@@ -47,6 +47,9 @@ class TrainConfig:
     guide: str = "straight-through"
     temperature: float = 2 / 3  # Concrete λ (Maddison et al.'s binary suggestion)
     tau_warmup: float = 0.0  # fraction of training over which the prior weight ramps 0 → 1
+    # relaxed samples of z per example per step (the batch is repeated K times; the loss is their mean):
+    # a K-sample estimate of E_q at K times the cost of a step
+    particles: int = 1
     epochs: float = 1.0
     batch_size: int = 128
     optimizer: str = "adam"  # adam or sgd (momentum 0.9)
@@ -95,6 +98,8 @@ class TrainConfig:
             bad("tau", "a finite number >= 0")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             bad("temperature", "a finite number > 0")
+        if not isinstance(self.particles, int) or isinstance(self.particles, bool) or self.particles < 1:
+            bad("particles", "an integer >= 1")
         if not 0 <= self.tau_warmup <= 1:
             bad("tau_warmup", "a fraction in [0, 1]")
         if not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
@@ -500,6 +505,8 @@ def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume:
                 if i < skip:  # resumed mid-epoch: replay the data order up to the checkpoint
                     continue
                 x = x.contiguous(memory_format=fmt)
+                if cfg.particles > 1:  # K samples of z per example: the plate holds K copies of the batch
+                    x, y = x.repeat(cfg.particles, 1, 1, 1), y.repeat(cfg.particles)
                 if cfg.tau_warmup > 0:
                     model.prior_weight = min(1.0, step / (cfg.tau_warmup * total))
                 loss = svi.step(x, y)

@@ -200,7 +200,7 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     names = [n for n, _ in S.plan(STAGED_PRESET)]
     assert names == [
         "plain_d14_s0", "plain_d8_s0", "ft_pact_d14_tau0.05_s0", "ft_act_d14_tau0.05_s0",
-        "ft_pact_d14_tau0.05_s1", "ft_pact_d14_tau0.05_relaxed_s0", "act_d14_tau0.1_s0",
+        "ft_pact_d14_tau0.05_relaxed_s0", "ft_pact_d14_tau0.05_s1", "act_d14_tau0.1_s0",
     ]  # fmt: skip
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps(STAGED_PRESET))
