@@ -57,7 +57,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Tensor|TorchDistribution|Figure|Axes|InferenceData|Path|PathLike|Module|Generator)"),
     (r"py:.*", r"(Callable|Iterator|Iterable|Sequence|Mapping|Any|Literal)"),
     (r"py:.*", r"(os|dataclasses|pathlib)\..*"),
-    (r"py:.*", r"(ExpandedDistribution)"),
+    (r"py:.*", r"(ExpandedDistribution|nn\..*)"),
     (r"py:.*", r"(optional|callable|int|float|str|bool|dict|list|tuple|None|type|object)"),
 ]
 
@@ -81,8 +81,10 @@ API_MODULES = [
     "pact_pyro.finetune", "pact_pyro.train", "pact_pyro.train_seq", "pact_pyro.checkpoint",
     "pact_pyro.distributed", "pact_pyro.optim", "pact_pyro.data", "pact_pyro.tasks", "pact_pyro.diagnostics",
     "pact_pyro.plots", "pact_pyro.report", "pact_pyro.cli",
-    "pact_pyro.nn.backbone", "pact_pyro.nn.units", "pact_pyro.nn.halting_head", "pact_pyro.nn.lstm",
-    "pact_pyro.models.pact_resnet", "pact_pyro.models.act_resnet", "pact_pyro.models.pact_lstm",
+    "pact_pyro.nn.backbone", "pact_pyro.nn.torchvision_resnet", "pact_pyro.nn.units",
+    "pact_pyro.nn.halting_head", "pact_pyro.nn.lstm",
+    "pact_pyro.models.pact_resnet", "pact_pyro.models.act_resnet", "pact_pyro.models.torchvision_resnet",
+    "pact_pyro.models.pact_lstm",
     "pact_pyro.models.act_lstm", "pact_pyro.guides.halting_guide", "pact_pyro.guides.relaxed_bernoulli",
     "pact_pyro.guides.lstm_guide", "pact_pyro.guides.empty",
 ]  # fmt: skip

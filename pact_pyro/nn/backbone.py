@@ -66,6 +66,11 @@ class ResNetBackbone(nn.Module):
             nn.Linear(c, num_classes),
         )
 
+    @property
+    def input_weight(self) -> torch.Tensor:
+        """The first convolution's weight, whose device and dtype inputs must match."""
+        return self.stem.weight
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise an error naming ``x`` unless it is floating point ``[B, in_channels, H, W]``."""
         if not isinstance(x, torch.Tensor):
@@ -78,7 +83,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"x must hold >= 1 image of at least 4x4 pixels, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be floating point, got dtype {x.dtype}")
-        w = self.stem.weight
+        w = self.input_weight
         if x.device != w.device:
             raise ValueError(
                 f"x is on device {x.device} but the network is on {w.device}; move one with .to()"
