@@ -28,6 +28,7 @@ _SEQ_FLAGS = [
     ("--steps", int, "training steps"),
     ("--tau-ramp-steps", int, "steps of the linear ramp of τ from 0"),
     ("--tau-start-accuracy", float, "validation accuracy that starts the τ ramp (0: step 0)"),
+    ("--eval-every", int, "steps between validations (they decide when the τ ramp starts)"),
 ]
 
 
@@ -329,7 +330,7 @@ def _train_seq(args: argparse.Namespace) -> int:
         tok[2:].split("=")[0].replace("-", "_") for tok in getattr(args, "argv", []) if tok.startswith("--")
     }
     unused = sorted(
-        given & {"dataset", "depth", "epochs", "augment", "train_subset", "resume", "optimizer", "compile"}
+        given & {"dataset", "depth", "epochs", "augment", "train_subset", "optimizer", "compile", "init_from"}
     )
     if unused:
         raise ValueError(f"--{unused[0].replace('_', '-')} does not apply to --task runs (see --steps, --lr)")
@@ -353,7 +354,11 @@ def _train_seq(args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.test_subset is not None:
         cfg.test_examples = args.test_subset
-    out = train_seq(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    if "checkpoint_every" in given:
+        cfg.checkpoint_every = args.checkpoint_every
+    out = train_seq(
+        cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume
+    )
     print(f"run directory: {out}", file=sys.stderr)
     if not args.no_eval:
         res = evaluate_seq_run(out)

@@ -7,28 +7,21 @@ epoch). :func:`load_run` rebuilds the trained model and guide.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from .data import DATASETS, load_dataset
-from .objective import MAPObjective, backward_once
 from .priors import PRIORS, TruncatedGeometric, TruncatedPoisson, UniformUnits, UnitsPrior
 from .sites import units_site
+from .trainer import RunDirError, run_training
 
-__all__ = ["TrainConfig", "train", "build", "load_run", "resolve_device", "RunDirError"]
-
-
-class RunDirError(FileExistsError):
-    """``out`` exists and is not empty, and neither ``resume`` nor ``overwrite`` was given."""
+__all__ = ["TrainConfig", "ImageTask", "train", "build", "load_run", "resolve_device", "RunDirError"]
 
 
 @dataclass
@@ -198,32 +191,6 @@ def _build(cfg: TrainConfig):
     return model, guide
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _versions() -> dict:
-    import torchvision
-
-    return {"torch": torch.__version__, "pyro": pyro.__version__, "torchvision": torchvision.__version__}
-
-
-def prepare_run_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create ``out``; refuse an existing non-empty run directory unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(
-            f"out={str(out)!r} already exists and is not empty; pass --overwrite or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def is_halting_param(name: str) -> bool:
     """Whether a parameter (Pyro's ``module.param`` name) belongs to a halting head: a PACT guide's heads
     (``guide<k>_<b>.*``) or an ACT model's (``*.heads.*``)."""
@@ -281,41 +248,6 @@ def _make_optim(cfg: TrainConfig, total_steps: int):
 _RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset", "compile")
 
 
-def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
-    """Refuse to resume with settings that change the training trajectory."""
-    now = dataclasses.asdict(cfg)
-    defaults = dataclasses.asdict(TrainConfig())
-    saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(now)}  # older runs lack newer fields
-    diff = [
-        f"{k}={saved.get(k)!r} (now {now.get(k)!r})"
-        for k in sorted(set(now) | set(saved))
-        if k not in _RESUME_FREE and k not in ("versions", "init_from_sha256") and saved.get(k) != now.get(k)
-    ]
-    if diff:
-        raise ValueError(
-            f"cannot resume {str(path)!r}: it was trained with "
-            + ", ".join(diff[:4])
-            + "; pass the same settings or start a new run"
-        )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric records past ``step`` (written after the checkpoint by a run that was then killed)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-        if rec.get("step", 0) <= step:
-            keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
 def train(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -343,302 +275,76 @@ def train(
     try:
         if device.type == "cuda" and ctx.active:
             device = torch.device("cuda", ctx.local_rank)
-        return _train(cfg, Path(out), overwrite, progress, resume, device, ctx)
+        return run_training(ImageTask(cfg), Path(out), overwrite, progress, resume, device, ctx)
     finally:
         ctx.close()
 
 
-def _train(cfg: TrainConfig, out: Path, overwrite: bool, progress: bool, resume: bool, device, ctx) -> Path:
-    """The training run, top to bottom: check, prepare the run directory, build, restore, loop."""
-    _check_world_batch(cfg, ctx)
-    ckpt = _checkpoint_to_resume(cfg, out, resume, overwrite)
-    source = _fine_tune_source(cfg) if ckpt is None else None
-    data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
-    if len(data) < cfg.batch_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} is larger than the training set ({len(data)} examples)"
-        )
-    _prepare_run_dir(cfg, out, ckpt, source, ctx, progress)
-    model, guide = _build_on_device(cfg, source, device, ctx)
-    total = max(1, round(cfg.epochs * (len(data) // cfg.batch_size)))
-    optim = _make_optim(cfg, total)
-    run = _Run(
-        cfg, out, ctx, model, guide, optim, _make_svi(cfg, model, guide, optim, ctx), data, total, device
-    )
-    if ckpt is not None:
-        run.restore(ckpt, progress)
-    run.loop(progress)
-    ctx.barrier()
-    return out
+class ImageTask:
+    """Image classification (:class:`TrainConfig`) for :func:`pact_pyro.trainer.run_training`: in-memory
+    datasets, one epoch = one shuffled pass (strided shards under DDP), τ warm-up by fraction of training,
+    channels-last inputs and ``particles`` copies of each batch."""
 
+    resume_free = _RESUME_FREE
 
-def _check_world_batch(cfg: TrainConfig, ctx) -> None:
-    if cfg.batch_size % ctx.world_size or cfg.batch_size // ctx.world_size < 2:
-        raise ValueError(
-            f"batch_size must be a multiple of the {ctx.world_size} processes with >= 2 examples each, "
-            f"got {cfg.batch_size}"
-        )
-
-
-def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The checkpoint ``--resume`` continues (None: start fresh); refuses a non-empty ``out`` otherwise."""
-    from . import checkpoint as ck
-
-    path = out / "checkpoint.pt"
-    if resume and path.is_file():
-        ckpt = ck.load_checkpoint(path)
-        _check_resume_config(cfg, ckpt["config"], out)
-        return ckpt
-    if not resume and out.exists() and any(out.iterdir()) and not overwrite:  # checked on every rank
-        raise RunDirError(
-            f"out={str(out)!r} already exists and is not empty; pass --resume, --overwrite or another --out"
-        )
-    return None
-
-
-def _fine_tune_source(cfg: TrainConfig) -> dict | None:
-    """``cfg.init_from``'s backbone, checked against the model before anything is written."""
-    if cfg.init_from is None:
-        return None
-    from .finetune import load_backbone_source
-
-    source = load_backbone_source(cfg.init_from)
-    build(cfg, source)  # a mismatch fails here, before the run directory exists
-    return source
-
-
-def _prepare_run_dir(cfg: TrainConfig, out: Path, ckpt: dict | None, source, ctx, progress: bool) -> None:
-    """Fresh run: ``config.json`` (with versions and the source checksum), no old checkpoint or metrics.
-    Resumed run: metric records past the checkpoint are dropped."""
-    import sys
-
-    from .checkpoint import summary
-
-    ctx.barrier()
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            (out / "checkpoint.pt").unlink(missing_ok=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            record = {**dataclasses.asdict(cfg), "versions": _versions()}
-            if source is not None:
-                record["init_from_sha256"] = source.sha256
-            (out / "config.json").write_text(json.dumps(record, indent=2))
-        else:
-            _truncate_metrics(out / "metrics.jsonl", ckpt["step"])
-            if progress:
-                print(f"resuming {str(out)!r} from {summary(ckpt)}", file=sys.stderr)
-    ctx.barrier()
-
-
-def _build_on_device(cfg: TrainConfig, source, device, ctx):
-    """Seeded model and guide on ``device`` (same weights on every rank), units compiled if asked."""
-    from . import distributed
-
-    pyro.set_rng_seed(cfg.seed)
-    pyro.clear_param_store()
-    model, guide = build(cfg, source)
-    model.to(device)
-    guide.to(device)
-    if cfg.compile:
-        model.backbone.compile_units()
-    if ctx.active:
-        distributed.broadcast_state([model, guide])
-        torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)  # independent halting noise per rank
-    return model, guide
-
-
-def _make_svi(cfg: TrainConfig, model, guide, optim, ctx) -> pyro.infer.SVI:
-    """``SVI`` with the MAP objective; bf16 autocast (``amp``), DDP gradient averaging and the
-    no-``retain_graph`` backward of compiled units wrap the loss as needed."""
-    from . import distributed
-
-    objective = MAPObjective()
-    loss_fn = objective.differentiable_loss
-    if cfg.amp:
-
-        def loss_fn(model_fn, guide_fn, *args, **kwargs):
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                return objective.differentiable_loss(model_fn, guide_fn, *args, **kwargs)
-
-    loss_and_grads = (
-        distributed.allreduce_loss_and_grads(loss_fn, [model, guide], ctx.world_size) if ctx.active else None
-    )
-    if cfg.compile and loss_and_grads is None:  # compiled backward graphs refuse SVI's retain_graph
-        loss_and_grads = backward_once(loss_fn)
-    return pyro.infer.SVI(model.model, guide, optim, loss=loss_fn, loss_and_grads=loss_and_grads)
-
-
-class _Run:
-    """The state of a training loop: position (``step``, ``epochs_done``, ``skip``: batches of the current
-    epoch already trained on), the data-order generator, and what the loop reads and writes."""
-
-    def __init__(self, cfg, out, ctx, model, guide, optim, svi, data, total: int, device) -> None:
-        self.cfg, self.out, self.ctx, self.device = cfg, out, ctx, device
-        self.model, self.guide, self.optim, self.svi = model, guide, optim, svi
-        self.data, self.total = data, total
-        self.modules = {"model": model, "guide": guide}
-        self.ckpt_path = out / "checkpoint.pt"
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.step, self.epochs_done, self.skip, self.saved_at = 0, 0, 0, -1
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.data = None
         # channels-last applies to the inputs only: convolutions then run NHWC and propagate the format,
         # while the parameters stay contiguous, as Pyro's param store requires (it keeps ``.contiguous()``
         # copies, so NHWC parameters would be trained as copies the modules never see)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    def restore(self, ckpt: dict, progress: bool) -> None:
-        """Weights, optimizer and LR schedule, every RNG and the position of a checkpoint."""
-        import sys
-
-        from . import checkpoint as ck
-
-        ck.check_state_dict(self.model, ckpt["model"], "model", self.ckpt_path)
-        ck.check_state_dict(self.guide, ckpt["guide"], "guide", self.ckpt_path)
-        self.model.load_state_dict(ckpt["model"])
-        self.guide.load_state_dict(ckpt["guide"])
-        ck.restore_optim(self.optim, ckpt["optim"], self.modules)
-        ck.restore_rng(ckpt["rng"])
-        per_rank = ckpt["rng"].get("per_rank_torch", [])
-        if len(per_rank) == self.ctx.world_size:
-            torch.set_rng_state(per_rank[self.ctx.rank])
-        elif self.ctx.is_main and progress:
-            print(
-                f"note: checkpoint from {len(per_rank)} process(es), now {self.ctx.world_size}: halting "
-                "noise streams restart",
-                file=sys.stderr,
+    def load_data(self) -> None:
+        cfg = self.cfg
+        self.data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
+        if len(self.data) < cfg.batch_size:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} is larger than the training set ({len(self.data)} examples)"
             )
-        self.gen.set_state(ckpt["rng"]["data_epoch_start"])
-        self.step, self.epochs_done, self.skip = ckpt["step"], ckpt["epochs_done"], ckpt["step_in_epoch"]
-        self.saved_at = self.step
 
-    def save(self, epoch_start_state: torch.Tensor, step_in_epoch: int) -> None:
-        """Atomic checkpoint (rank 0 writes); refuses non-finite weights, keeping the last good one."""
-        from . import checkpoint as ck
-        from . import distributed
+    def total_steps(self) -> int:
+        return max(1, round(self.cfg.epochs * (len(self.data) // self.cfg.batch_size)))
 
-        for name, mod in self.modules.items():
-            for pname, p in mod.named_parameters():
-                if not bool(torch.isfinite(p).all()):
-                    raise FloatingPointError(
-                        f"{name} parameter {pname} became non-finite at step {self.step}; not saved over the "
-                        f"last good checkpoint {str(self.ckpt_path)!r}"
-                    )
-        if self.ctx.active:
-            distributed.average_buffers([self.model, self.guide])
-        rng = ck.capture_rng()
-        rng["per_rank_torch"] = distributed.gather_rng(rng["torch"], self.ctx)
-        rng["data"] = self.gen.get_state()
-        rng["data_epoch_start"] = epoch_start_state
-        if self.ctx.is_main:
-            ck.atomic_save(
-                {
-                    "format": ck.FORMAT,
-                    "version": ck.VERSION,
-                    "config": dataclasses.asdict(self.cfg),
-                    "model": self.model.state_dict(),
-                    "guide": self.guide.state_dict(),
-                    "optim": ck.optim_state(self.optim, self.modules),
-                    "rng": rng,
-                    "epoch": self.epochs_done + (1 if step_in_epoch else 0),
-                    "epochs_done": self.epochs_done,
-                    "step_in_epoch": step_in_epoch,
-                    "step": self.step,
-                    "world_size": self.ctx.world_size,
-                },
-                self.ckpt_path,
-            )
-        self.saved_at = self.step
+    def build(self, source):
+        return build(self.cfg, source)
 
-    def loop(self, progress: bool) -> None:
-        """Epochs until ``total`` steps; a checkpoint every ``checkpoint_every`` steps and at each epoch's
-        end."""
-        cfg = self.cfg
-        self.metrics = open(self.out / "metrics.jsonl", "a") if self.ctx.is_main else None
-        self.bar = tqdm(
-            total=self.total,
-            initial=self.step,
-            desc=f"train {cfg.method} {cfg.dataset} d{cfg.depth}",
-            disable=not (progress and self.ctx.is_main),
-        )
-        self.start = time.time()
-        try:
-            while self.step < self.total:
-                epoch_start = self.gen.get_state()
-                consumed = self.epoch()
-                if self.step >= self.total:  # stopped inside the epoch
-                    if self.saved_at != self.step:
-                        self.save(epoch_start, consumed)
-                    break
-                self.epochs_done += 1
-                self.skip = 0
-                if self.saved_at != self.step:
-                    self.save(self.gen.get_state(), 0)  # end of epoch
-        finally:
-            self.bar.close()
-            if self.metrics is not None:
-                self.metrics.close()
+    def make_optim(self, total: int):
+        return _make_optim(self.cfg, total)
 
-    def epoch(self) -> int:
-        """One pass over the (sharded) data from where it stands; returns the batches consumed."""
-        from . import distributed
+    def batches(self, gen, rank: int, world: int, device):
+        from .distributed import shard_batches
 
-        cfg = self.cfg
-        self.model.train()
-        self.guide.train()
-        epoch_start = self.gen.get_state()
-        batches = distributed.shard_batches(
-            self.data, cfg.batch_size, self.gen, self.device, cfg.augment, self.ctx.rank, self.ctx.world_size
-        )
-        for i, (x, y) in enumerate(batches):
-            if i < self.skip:  # resumed mid-epoch: replay the data order up to the checkpoint
-                continue
-            loss = self.train_step(x, y)
-            self.log(loss)
-            if self.step >= self.total:
-                return i + 1
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save(epoch_start, i + 1)
-        return 0
+        return shard_batches(self.data, self.cfg.batch_size, gen, device, self.cfg.augment, rank, world)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One SVI step (K copies of the batch for ``particles = K``, τ warm-up applied) and the LR step."""
-        cfg = self.cfg
+    def prepare(self, x: torch.Tensor, y: torch.Tensor):
         x = x.contiguous(memory_format=self.fmt)
-        if cfg.particles > 1:  # K samples of z per example: the plate holds K copies of the batch
-            x, y = x.repeat(cfg.particles, 1, 1, 1), y.repeat(cfg.particles)
-        if cfg.tau_warmup > 0:
-            self.model.prior_weight = min(1.0, self.step / (cfg.tau_warmup * self.total))
-        loss = self.svi.step(x, y)
-        if not math.isfinite(loss):
-            last = f"step {self.saved_at}" if self.saved_at >= 0 else "none yet"
-            raise FloatingPointError(
-                f"loss became {loss} at step {self.step + 1}; training stopped, last good checkpoint: "
-                f"{last} ({str(self.ckpt_path)!r}); lower --lr or raise --temperature"
-            )
-        self.optim.step()  # advance the LR schedule
-        self.step += 1
-        return loss
+        if self.cfg.particles > 1:  # K samples of z per example: the plate holds K copies of the batch
+            x, y = x.repeat(self.cfg.particles, 1, 1, 1), y.repeat(self.cfg.particles)
+        return x, y
 
-    def log(self, loss: float) -> None:
-        """A ``metrics.jsonl`` record every ``log_every`` steps (and at the last); the progress bar."""
-        if self.metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total):
-            nodes = self.guide.trace.nodes
-            n = [
-                float(nodes[units_site(b)]["value"].detach().mean())
-                for b in range(len(self.model.units_per_block))
-                if units_site(b) in nodes
-            ]
-            rec = {
-                "step": self.step,
-                "epoch": self.epochs_done + 1,
-                "loss": loss,
-                "units": n,
-                "time": time.time() - self.start,
-            }
-            self.metrics.write(json.dumps(rec) + "\n")
-            self.metrics.flush()
-            self.bar.set_postfix(loss=f"{loss:.3f}", units="/".join(f"{v:.2f}" for v in n))
-        self.bar.update()
+    def prior_weight(self, step: int, total: int) -> float | None:
+        if self.cfg.tau_warmup > 0:
+            return min(1.0, step / (self.cfg.tau_warmup * total))
+        return None
+
+    def record(self, model, guide) -> dict:
+        nodes = guide.trace.nodes
+        units = [
+            float(nodes[units_site(b)]["value"].detach().mean())
+            for b in range(len(model.units_per_block))
+            if units_site(b) in nodes
+        ]
+        return {"units": units}
+
+    def after_step(self, model, guide, step: int, total: int) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def load_run(path: str | os.PathLike, device: str = "auto"):

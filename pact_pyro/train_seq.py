@@ -1,8 +1,9 @@
 """Training and evaluation of recurrent models (PACT-LSTM, ACT-LSTM, plain LSTM) on synthetic sequence tasks.
 
-Same loop as the image trainer: ``pyro.infer.SVI(model.model, guide, optim, loss=MAPObjective())``, fresh
-batches from a seeded generator each step (the tasks are infinite), and the same run directory
-(``config.json``, ``checkpoint.pt``, ``metrics.jsonl``).
+The same trainer as images (:func:`pact_pyro.trainer.run_training`, through :class:`SequenceTask`):
+``pyro.infer.SVI(model.model, guide, optim, loss=MAPObjective())``, fresh batches from a seeded generator
+each step (the tasks are infinite), the same run directory (``config.json``, ``checkpoint.pt``,
+``metrics.jsonl``), crash-safe ``--resume`` and DDP.
 
 **τ schedule**: the prior's weight (PACT: ``log p(z)``; ACT: ``τ ρ``) is 0 until the validation accuracy first
 reaches ``tau_start_accuracy`` (checked every ``eval_every`` steps), then ramps linearly to 1 over
@@ -31,7 +32,6 @@ early exit; FLOPs per example count the executed cell applications, halting head
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -42,13 +42,14 @@ from pathlib import Path
 import pyro
 import torch
 
-from .objective import MAPObjective
 from .priors import get_prior
 from .sites import ponder_units_site
 from .tasks import SeqBatch, addition, parity, task_sizes
+from .trainer import run_training
 
 __all__ = [
     "SeqConfig",
+    "SequenceTask",
     "build_seq",
     "train_seq",
     "evaluate_seq",
@@ -93,6 +94,7 @@ class SeqConfig:
     test_examples: int = 10000
     val_examples: int = 1000
     eval_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints (crash-safe --resume)
     log_every: int = 100
     seed: int = 0
     threads: int = 1
@@ -185,66 +187,91 @@ def _mean_units(guide, T: int) -> float | None:
     return float(torch.stack(vals).mean()) if vals else None
 
 
-def train_seq(cfg: SeqConfig, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
-    """Train and write the run directory (``config.json``, ``checkpoint.pt``, ``metrics.jsonl``)."""
-    from .train import _atomic_save, _versions, prepare_run_dir
+class SequenceTask:
+    """A synthetic sequence task (:class:`SeqConfig`) for :func:`pact_pyro.trainer.run_training`: fresh
+    batches from the seeded generator every step (the whole run is one "epoch" of ``steps`` batches; under DDP
+    each process takes a strided share of every global batch), ClippedAdam with exponential decay, and the
+    τ ramp that starts once validation accuracy (checked every ``eval_every`` steps) reaches
+    ``tau_start_accuracy``. Where the ramp began is task state, kept in checkpoints."""
+
+    resume_free = ("log_every", "threads", "test_examples", "checkpoint_every")
+
+    def __init__(self, cfg: SeqConfig) -> None:
+        self.cfg = cfg
+        self.ramp_start = 0 if cfg.tau_start_accuracy <= 0 else None  # step where the τ ramp begins
+        self.val = None
+
+    def load_data(self) -> None:
+        self.val = make_data(self.cfg, self.cfg.val_examples, torch.Generator().manual_seed(VAL_SEED))
+
+    def total_steps(self) -> int:
+        return self.cfg.steps
+
+    def build(self, source):
+        return build_seq(self.cfg)
+
+    def make_optim(self, total: int):
+        cfg = self.cfg
+        lrd = cfg.lr_final ** (1.0 / cfg.steps)
+        return pyro.optim.ClippedAdam({"lr": cfg.lr, "lrd": lrd, "clip_norm": cfg.clip_norm})
+
+    def batches(self, gen, rank: int, world: int, device):
+        for _ in range(self.cfg.steps):
+            b = make_data(self.cfg, self.cfg.batch_size, gen)
+            yield b.x[rank::world].to(device), b.y[rank::world].to(device)
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor):
+        return x, y
+
+    def prior_weight(self, step: int, total: int) -> float:
+        return _prior_weight(step + 1, self.ramp_start, self.cfg.tau_ramp_steps)
+
+    def record(self, model, guide) -> dict:
+        return {"units": _mean_units(guide, self.val.x.shape[1]), "prior_weight": model.prior_weight}
+
+    def after_step(self, model, guide, step: int, total: int) -> dict:
+        if step % self.cfg.eval_every and step != total:
+            return {}
+        r = evaluate_seq(model, guide, self.cfg, self.val, batch_size=1000)
+        rec = {
+            "val_accuracy": r["accuracy"],
+            "val_ponder": r["ponder_mean"],
+            "val_spearman": r["spearman_units_difficulty"],
+        }
+        if self.ramp_start is None and r["accuracy"] >= self.cfg.tau_start_accuracy:
+            self.ramp_start = step
+            rec["tau_ramp_start"] = step
+        return rec
+
+    def state_dict(self) -> dict:
+        return {"ramp_start": -1 if self.ramp_start is None else self.ramp_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "ramp_start" in state:
+            self.ramp_start = None if state["ramp_start"] < 0 else int(state["ramp_start"])
+
+
+def train_seq(
+    cfg: SeqConfig,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Train through :func:`pact_pyro.trainer.run_training` and write the run directory (``config.json``,
+    ``checkpoint.pt`` every ``checkpoint_every`` steps, ``metrics.jsonl``); ``resume=True`` continues from
+    the checkpoint, bit-identically on CPU. Under ``torchrun`` the run is data-parallel."""
+    from . import distributed
+    from .train import resolve_device
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    out = prepare_run_dir(out, overwrite)
-    pyro.set_rng_seed(cfg.seed)
-    pyro.clear_param_store()
-    model, guide = build_seq(cfg)
-    (out / "config.json").write_text(
-        json.dumps({**dataclasses.asdict(cfg), "versions": _versions()}, indent=2)
-    )
-    lrd = cfg.lr_final ** (1.0 / cfg.steps)
-    optim = pyro.optim.ClippedAdam({"lr": cfg.lr, "lrd": lrd, "clip_norm": cfg.clip_norm})
-    svi = pyro.infer.SVI(model.model, guide, optim, loss=MAPObjective())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    val = make_data(cfg, cfg.val_examples, torch.Generator().manual_seed(VAL_SEED))
-    T = val.x.shape[1]
-    start = time.time()
-    ramp_start = 0 if cfg.tau_start_accuracy <= 0 else None  # step where the τ ramp begins
-    with open(out / "metrics.jsonl", "a") as metrics:
-        for step in range(1, cfg.steps + 1):
-            model.prior_weight = _prior_weight(step, ramp_start, cfg.tau_ramp_steps)
-            b = make_data(cfg, cfg.batch_size, gen)
-            loss = svi.step(b.x, b.y)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss} at step {step}; lower --lr or raise --temperature"
-                )
-            rec = None
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {
-                    "step": step,
-                    "loss": loss,
-                    "units": _mean_units(guide, T),
-                    "prior_weight": model.prior_weight,
-                    "time": time.time() - start,
-                }
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                r = evaluate_seq(model, guide, cfg, val, batch_size=1000)
-                rec = {
-                    **(rec or {"step": step}),
-                    "val_accuracy": r["accuracy"],
-                    "val_ponder": r["ponder_mean"],
-                    "val_spearman": r["spearman_units_difficulty"],
-                }
-                if ramp_start is None and r["accuracy"] >= cfg.tau_start_accuracy:
-                    ramp_start = step
-                    rec["tau_ramp_start"] = step
-                _atomic_save(
-                    {"model": model.state_dict(), "guide": guide.state_dict(), "step": step},
-                    out / "checkpoint.pt",
-                )
-            if rec is not None:
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                if progress:
-                    print(json.dumps(rec), flush=True)
-    return out
+    device = resolve_device("cpu")
+    ctx = distributed.setup(device)
+    try:
+        return run_training(SequenceTask(cfg), Path(out), overwrite, progress, resume, device, ctx)
+    finally:
+        ctx.close()
 
 
 def _prior_weight(step: int, ramp_start: int | None, ramp_steps: int) -> float:

@@ -218,3 +218,52 @@ def test_parity_example_and_cli_smoke(tmp_path, capsys):
     for key in ("accuracy", "flops_mean", "flops_std", "flops_full", "units_mean", "examples", "mode"):
         assert key in res
     assert (tmp_path / "p.csv").read_text().splitlines()[0].endswith(",flops,difficulty")
+
+
+SEQ_ARGS = [
+    "train", "--task", "parity", "--arch", "lstm", "--bits", "6", "--max-ponder", "4", "--hidden-size", "16",
+    "--steps", "60", "--batch-size", "16", "--tau", "0.05", "--tau-start-accuracy", "0.3",
+    "--tau-ramp-steps", "20", "--checkpoint-every", "10", "--no-eval", "--no-progress",
+]  # fmt: skip
+
+
+def test_sequence_run_sigkill_then_resume_is_bit_identical(tmp_path):
+    """Sequence runs go through the one trainer: SIGKILL after the first checkpoint, --resume, and every
+    state (weights, optimizer, RNG, the τ ramp's start) equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from pact_pyro import cli
+    from pact_pyro.checkpoint import load_checkpoint
+    from tests.common import assert_identical
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    argv = [*SEQ_ARGS, "--eval-every", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pact_pyro.cli", *argv, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    ckpt = killed / "checkpoint.pt"
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint)
+    watcher.start()
+    assert cli.main([*argv, "--out", str(full)]) == 0
+    watcher.join()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 0 < load_checkpoint(ckpt)["step"] < 60
+    assert cli.main([*argv, "--out", str(killed), "--resume"]) == 0
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)
+    assert a["step"] == b["step"] == 60 and a["task"]["ramp_start"] == 10  # the ramp began before the kill
+    for key in ("model", "guide", "optim", "rng", "task"):
+        assert_identical(a[key], b[key], key)
