@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +74,25 @@ def assert_identical(a, b, where: str = "") -> None:
             assert_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def kill_after_first_checkpoint(argv: list[str], ckpt: Path, reference: Callable[[], bool]) -> None:
+    """Run ``pact-pyro *argv`` in a subprocess (one thread) and SIGKILL it as soon as ``ckpt`` exists, while
+    ``reference()`` (the uninterrupted run, which must return True) runs in this process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pact_pyro.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert reference()
+    watcher.join()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

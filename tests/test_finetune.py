@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 import torch
@@ -19,7 +13,7 @@ from pact_pyro.data import batches, load_dataset
 from pact_pyro.finetune import export_backbone, init_backbone, load_backbone_source
 from pact_pyro.threshold import threshold
 from pact_pyro.train import TrainConfig, build, load_run
-from tests.common import assert_identical
+from tests.common import assert_identical, kill_after_first_checkpoint
 
 BASE = ["--dataset", "mnist", "--train-subset", "48", "--batch-size", "16", "--device", "cpu",
         "--no-eval", "--no-progress"]  # fmt: skip
@@ -130,24 +124,10 @@ def test_finetune_sigkill_then_resume_is_bit_identical(plain_run, tiny_root, tmp
     argv = ["train", *BASE, "--depth", "14", "--epochs", "2", "--seed", "3", "--checkpoint-every", "2",
             "--init-from", str(plain_run), "--data-root", str(tiny_root)]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pact_pyro.cli", *argv, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt = killed / "checkpoint.pt"
-
-    def kill_after_first_checkpoint():
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint)
-    watcher.start()
-    assert cli.main([*argv, "--out", str(full)]) == 0
-    watcher.join()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after_first_checkpoint(
+        [*argv, "--out", str(killed)], ckpt, lambda: cli.main([*argv, "--out", str(full)]) == 0
+    )
     assert 0 < load_checkpoint(ckpt)["step"] < 6
     assert cli.main([*argv, "--out", str(killed), "--resume"]) == 0
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)

@@ -230,37 +230,17 @@ SEQ_ARGS = [
 def test_sequence_run_sigkill_then_resume_is_bit_identical(tmp_path):
     """Sequence runs go through the one trainer: SIGKILL after the first checkpoint, --resume, and every
     state (weights, optimizer, RNG, the τ ramp's start) equals an uninterrupted run's."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
 
     from pact_pyro import cli
     from pact_pyro.checkpoint import load_checkpoint
-    from tests.common import assert_identical
+    from tests.common import assert_identical, kill_after_first_checkpoint
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     argv = [*SEQ_ARGS, "--eval-every", "10"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pact_pyro.cli", *argv, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt = killed / "checkpoint.pt"
-
-    def kill_after_first_checkpoint():
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint)
-    watcher.start()
-    assert cli.main([*argv, "--out", str(full)]) == 0
-    watcher.join()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after_first_checkpoint(
+        [*argv, "--out", str(killed)], ckpt, lambda: cli.main([*argv, "--out", str(full)]) == 0
+    )
     assert 0 < load_checkpoint(ckpt)["step"] < 60
     assert cli.main([*argv, "--out", str(killed), "--resume"]) == 0
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)

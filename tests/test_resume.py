@@ -6,23 +6,14 @@ through the same CLI in this process (1 thread everywhere), which keeps the test
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from pact_pyro import cli
 from pact_pyro.checkpoint import load_checkpoint
-from tests.common import assert_identical
-
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "MNIST" / "raw"
+from tests.common import assert_identical, kill_after_first_checkpoint
 
 # depth 14: L = 2 units per block, so halting latents (and their RNG draws) are part of the trajectory.
 # 48 examples / batch 16 = 3 steps per epoch, 2 epochs = 6 steps; a checkpoint every 2 steps.
@@ -34,49 +25,16 @@ ARGS = [
 TOTAL = 6
 
 
-def tiny_mnist(root: Path, n_train: int = 128, n_test: int = 32) -> Path:
-    """The first ``n`` MNIST images and labels as uncompressed idx files under ``root/mnist/MNIST/raw``."""
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"MNIST not found at {SHARED_MNIST}")
-    raw = root / "mnist" / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        for kind, header, size in (("images-idx3-ubyte", 16, 784), ("labels-idx1-ubyte", 8, 1)):
-            with gzip.open(SHARED_MNIST / f"{split}-{kind}.gz", "rb") as f:
-                head, body = bytearray(f.read(header)), f.read(n * size)
-            head[4:8] = n.to_bytes(4, "big")
-            (raw / f"{split}-{kind}").write_bytes(bytes(head) + body)
-    return root
-
-
 def _argv(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*ARGS, "--data-root", str(data_root), "--out", str(out), *extra]
 
 
 def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread, capsys):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pact_pyro.cli", *_argv(tiny_root, killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     ckpt = killed / "checkpoint.pt"
-
-    def kill_after_first_checkpoint():
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint)
-    watcher.start()
-    assert cli.main(_argv(tiny_root, full)) == 0  # the uninterrupted reference, meanwhile
-    watcher.join()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after_first_checkpoint(  # the uninterrupted reference runs meanwhile
+        _argv(tiny_root, killed), ckpt, lambda: cli.main(_argv(tiny_root, full)) == 0
+    )
     partial = load_checkpoint(ckpt)
     assert 0 < partial["step"] < TOTAL, partial["step"]
 

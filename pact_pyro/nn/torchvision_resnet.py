@@ -108,13 +108,7 @@ class TorchvisionBackbone(nn.Module):
                 unit.unit.compile(**compile_kwargs)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The full network (every unit): torchvision's ``ResNet.forward``."""
-        u = self.stem(x)
-        for block in self.blocks:
-            for unit in block:
-                u = unit(u)
-        return self.classifier(u)
+    forward = ResNetBackbone.forward  # stem, every unit, classifier: torchvision's ResNet.forward
 
 
 def _out_channels(unit: nn.Module) -> int:
