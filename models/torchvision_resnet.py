@@ -63,7 +63,7 @@ def torchvision_backbone(arch: str, weights=None, num_classes: int | None = None
     """
     import torchvision.models as tvm
 
-    from pact_pyro.finetune import init_backbone
+    from pact_pyro.nn.backbone import init_backbone
 
     if arch not in TORCHVISION_ARCHS:
         raise ValueError(f"arch must be one of {list(TORCHVISION_ARCHS)}, got {arch!r}")

@@ -128,3 +128,31 @@ class ResNetBackbone(nn.Module):
             for unit in block:
                 u = unit(u)
         return self.classifier(u)
+
+
+def init_backbone(backbone: torch.nn.Module, state: dict, source: str = "") -> None:
+    """``backbone.load_state_dict(state)`` (strict), after checking keys and shapes in the backbone's order.
+
+    The first mismatch raises ``ValueError``: ``init_from=SOURCE: backbone key K has shape (…) in the source
+    and (…) in the model`` (or is missing from / unexpected in the source). Nothing is loaded then.
+    """
+    own = backbone.state_dict()
+    where = f"init_from={source!r}: " if source else ""
+    for k, v in own.items():
+        if k not in state:
+            raise ValueError(f"{where}backbone key {k!r} {tuple(v.shape)} is missing from the source")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{where}backbone key {k!r} has shape {tuple(state[k].shape)} in the source and "
+                f"{tuple(v.shape)} in the model (another depth, width, input channels or classes?)"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise ValueError(
+            f"{where}the source has key {extra[0]!r} {tuple(state[extra[0]].shape)}, which the "
+            "model's backbone does not (another architecture?)"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{where}backbone key {bad[0]!r} holds non-finite values")
+    backbone.load_state_dict(state, strict=True)
