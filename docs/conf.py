@@ -77,7 +77,7 @@ for nb in sorted((ROOT / "examples" / "notebooks").glob("*.ipynb")):
 API_MODULES = [
     "pact_pyro.priors", "pact_pyro.halting", "pact_pyro.relaxed", "pact_pyro.sites", "pact_pyro.objective",
     "pact_pyro.threshold", "pact_pyro.early_exit", "pact_pyro.act_evaluate", "pact_pyro.evaluate",
-    "pact_pyro.flops",
+    "pact_pyro.flops", "pact_pyro.imagefolder",
     "pact_pyro.finetune", "pact_pyro.trainer", "pact_pyro.train", "pact_pyro.train_seq",
     "pact_pyro.checkpoint",
     "pact_pyro.distributed", "pact_pyro.optim", "pact_pyro.data", "pact_pyro.tasks", "pact_pyro.diagnostics",

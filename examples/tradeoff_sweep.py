@@ -49,9 +49,8 @@ from pathlib import Path
 
 import torch
 
-from pact_pyro.data import load_dataset
 from pact_pyro.evaluate import evaluate
-from pact_pyro.train import TrainConfig, load_run, train
+from pact_pyro.train import TrainConfig, load_images, load_run, train
 
 FIELDS = [
     "method", "variant", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std",
@@ -190,7 +189,7 @@ def evaluate_run(
     """Evaluate a trained run on the preset's test subset: one row per test threshold (PACT) or one row."""
     spec = preset.get("eval", {})
     model, guide, cfg = load_run(run_dir, "cpu")
-    data = load_dataset(cfg.dataset, False, data_root or cfg.data_root).subset(spec.get("test_subset"), 0)
+    data = load_images(cfg, False, data_root).subset(spec.get("test_subset"), 0)
     thresholds = spec.get("pact_thresholds", [0.5]) if cfg.method == "pact" else [0.5]
     rows = []
     for thr in thresholds:

@@ -49,9 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model and evaluate it by thresholding",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--dataset", default=d.dataset, help="mnist, fashion-mnist or cifar10")
+    t.add_argument(
+        "--dataset", default=d.dataset, help="mnist, fashion-mnist, cifar10, or imagefolder (--data-root DIR)"
+    )
     t.add_argument("--depth", type=int, default=d.depth, help="ResNet depth 6n+2 (3 blocks of n units)")
     t.add_argument("--method", default=d.method, help="pact (halting latents), act or plain")
+    t.add_argument(
+        "--arch",
+        default=None,
+        help="preact (the CIFAR ResNet of --depth; default) or a torchvision ResNet: resnet18/34/50/101/152; "
+        "with --task: the recurrent architecture (lstm)",
+    )
+    t.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision archs: a state_dict file or a weights name (e.g. ResNet50_Weights.IMAGENET1K_V2)",
+    )
+    t.add_argument(
+        "--num-classes", type=int, default=None, help="imagefolder: classes (default: the folders)"
+    )
+    t.add_argument(
+        "--image-size", type=int, default=d.image_size, help="imagefolder: side of the square crops"
+    )
+    t.add_argument("--workers", type=int, default=d.workers, help="imagefolder: DataLoader worker processes")
     t.add_argument("--prior", default=d.prior, help="computation prior p(N): geometric, uniform or poisson")
     t.add_argument(
         "--tau", type=float, default=d.tau, help="time penalty τ of the geometric prior (nats per unit)"
@@ -114,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="synthetic sequence task (parity or addition): train a recurrent model (pact_pyro.train_seq)",
     )
-    t.add_argument("--arch", default="lstm", help="recurrent architecture for --task (lstm)")
     for flag, kind, text in _SEQ_FLAGS:
         t.add_argument(flag, type=kind, default=None, help=f"--task runs: {text} (default: the task preset)")
     t.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
@@ -217,12 +236,11 @@ def _evaluate(
     check_chunk_size(chunk_size)
     if is_seq_run(run_dir):  # a --task run: its seeded test set, per-example difficulty in --predictions
         return evaluate_seq_run(run_dir, mode, thr, predictions, test_subset, batch_size, seed)
-    from .data import load_dataset
     from .evaluate import evaluate
-    from .train import load_run
+    from .train import load_images, load_run
 
     model, guide, cfg = load_run(run_dir, device)
-    data = load_dataset(cfg.dataset, False, data_root or cfg.data_root).subset(test_subset, 0)
+    data = load_images(cfg, False, data_root).subset(test_subset, 0)
     return evaluate(model, guide, data, mode, thr, batch_size, seed, predictions, progress, chunk_size)
 
 
@@ -235,6 +253,11 @@ def _run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(
             dataset=args.dataset,
             depth=args.depth,
+            arch=args.arch or "preact",
+            weights=args.weights,
+            num_classes=args.num_classes,
+            image_size=args.image_size,
+            workers=args.workers,
             method=args.method,
             prior=args.prior,
             tau=args.tau,
@@ -334,7 +357,7 @@ def _train_seq(args: argparse.Namespace) -> int:
     )
     if unused:
         raise ValueError(f"--{unused[0].replace('_', '-')} does not apply to --task runs (see --steps, --lr)")
-    cfg = SeqConfig(task=args.task, arch=args.arch)
+    cfg = SeqConfig(task=args.task, arch=args.arch or "lstm")
     for name in (
         "method",
         "prior",

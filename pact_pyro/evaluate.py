@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .data import TensorData, batches
 from .flops import FlopTable
+from .imagefolder import FolderData
 from .threshold import threshold
 
 __all__ = ["evaluate"]
@@ -19,7 +20,7 @@ __all__ = ["evaluate"]
 def evaluate(
     model,
     guide,
-    data: TensorData,
+    data: TensorData | FolderData,
     mode: str = "threshold",
     threshold_value: float = 0.5,
     batch_size: int = 256,
@@ -32,12 +33,13 @@ def evaluate(
     (per block), ``examples``, ``mode``. ``predictions`` writes per-example label, prediction, units (CSV).
     ``chunk_size`` is passed to :func:`~pact_pyro.threshold.threshold` (the same results, less memory)."""
     device = next(model.backbone.parameters()).device
-    C, H, W = data.images.shape[1:]
+    streamed = hasattr(data, "input_shape")  # a FolderData: decoded batch by batch
+    C, H, W = data.input_shape if streamed else data.images.shape[1:]
     table = FlopTable.for_model(model, (C, H, W), guide)
     gen = torch.Generator(device=device).manual_seed(seed)
     preds, units, flops = [], [], []
     for x, _ in tqdm(
-        batches(data, batch_size, device=device),
+        data.batches(batch_size, device) if streamed else batches(data, batch_size, device=device),
         desc=f"evaluate ({mode})",
         disable=not progress,
         total=-(-len(data) // batch_size),

@@ -21,15 +21,33 @@ from .priors import PRIORS, TruncatedGeometric, TruncatedPoisson, UniformUnits, 
 from .sites import units_site
 from .trainer import RunDirError, run_training
 
-__all__ = ["TrainConfig", "ImageTask", "train", "build", "load_run", "resolve_device", "RunDirError"]
+__all__ = [
+    "TrainConfig",
+    "ImageTask",
+    "train",
+    "build",
+    "load_run",
+    "load_images",
+    "resolve_device",
+    "RunDirError",
+]
 
 
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults: the MNIST demo, ≈4 minutes on 2 quiet CPU cores)."""
 
-    dataset: str = "mnist"
-    depth: int = 20  # 6n + 2: 3 blocks of n units
+    dataset: str = "mnist"  # mnist, fashion-mnist, cifar10 (in memory) or imagefolder (streamed)
+    depth: int = 20  # 6n + 2: 3 blocks of n units (arch "preact")
+    # "preact": SACT's pre-activation CIFAR ResNet of `depth`; resnet18/34/50/101/152: torchvision's, whose
+    # stages are the blocks (pact_pyro.models.torchvision_resnet)
+    arch: str = "preact"
+    weights: str | None = (
+        None  # torchvision archs: a state_dict path or a weights name (ResNet50_Weights.DEFAULT)
+    )
+    num_classes: int | None = None  # imagefolder: the class folders (set by train() when None)
+    image_size: int = 224  # imagefolder: side of the training / evaluation crops
+    workers: int = 2  # imagefolder: DataLoader worker processes
     method: str = "pact"
     prior: str = "geometric"
     tau: float = 0.1  # geometric prior: log p(N) = -τN + const, per block
@@ -75,10 +93,29 @@ class TrainConfig:
         def bad(name, expected):
             raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
-        if self.dataset not in DATASETS:
-            bad("dataset", f"one of {sorted(DATASETS)}")
-        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
+        from .nn.torchvision_resnet import TORCHVISION_ARCHS
+
+        if self.dataset not in (*DATASETS, "imagefolder"):
+            bad("dataset", f"one of {sorted(DATASETS) + ['imagefolder']}")
+        if self.arch not in ("preact", *TORCHVISION_ARCHS):
+            bad("arch", f"one of {['preact', *TORCHVISION_ARCHS]}")
+        if self.arch == "preact" and (
+            not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6
+        ):
             bad("depth", "6n+2 with n >= 1 (8, 14, 20, 32, 56, 110)")
+        if self.arch != "preact" and self.dataset in DATASETS and DATASETS[self.dataset][0] != 3:
+            bad("arch", f"'preact' for the 1-channel {self.dataset} (torchvision ResNets take RGB)")
+        if self.weights is not None and (self.arch == "preact" or self.init_from is not None):
+            bad("weights", "None with arch='preact' or with init_from (use one source of weights)")
+        if self.dataset == "imagefolder" and not self.data_root:
+            bad("data_root", "the folder holding train/ and val/ for dataset='imagefolder'")
+        for name, low in (("image_size", 16), ("workers", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                bad(name, f"an integer >= {low}")
+        nc = self.num_classes
+        if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 2):
+            bad("num_classes", "None or an integer >= 2")
         if self.method not in ("pact", "act", "plain"):
             bad("method", "one of ['act', 'pact', 'plain']")
         if self.prior not in PRIORS:
@@ -148,6 +185,18 @@ class TrainConfig:
         return UniformUnits()
 
 
+def load_images(cfg: TrainConfig, train: bool, data_root=None):
+    """The training (``train=True``) or test split of ``cfg.dataset``: in-memory
+    :class:`~pact_pyro.data.TensorData`, or a streamed :class:`~pact_pyro.imagefolder.FolderData`
+    (``val/``)."""
+    root = data_root or cfg.data_root
+    if cfg.dataset == "imagefolder":
+        from .imagefolder import FolderData
+
+        return FolderData(root, "train" if train else "val", cfg.image_size, cfg.workers)
+    return load_dataset(cfg.dataset, train, root)
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU."""
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.split(":")[0] == "cuda"):
@@ -167,7 +216,7 @@ def build(cfg: TrainConfig, source: dict | None = None):
     Fresh weights, except that ``source`` (a backbone ``state_dict``, e.g.
     :func:`~pact_pyro.finetune.load_backbone_source` of ``cfg.init_from``) is loaded into the backbone
     strictly; halting heads stay fresh."""
-    model, guide = _build(cfg)
+    model, guide = _build(cfg, pretrained=source is None)
     if source is not None:
         from .finetune import init_backbone
 
@@ -175,11 +224,36 @@ def build(cfg: TrainConfig, source: dict | None = None):
     return model, guide
 
 
-def _build(cfg: TrainConfig):
+def _torchvision_weights(name: str | None):
+    """A state_dict path, or a torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``."""
+    if name is None or Path(name).is_file() or "/" in name or name.endswith(".pt"):
+        return name
+    import torchvision.models as tvm
+
+    try:
+        return tvm.get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ValueError(f"weights={name!r} is neither a file nor a torchvision weights name") from None
+
+
+def _build(cfg: TrainConfig, pretrained: bool = True):
     from pact_pyro.guides import EmptyGuide, get_guide
     from pact_pyro.models import act_resnet, pact_resnet, plain_resnet
 
-    channels, _, classes, _, _ = DATASETS[cfg.dataset]
+    channels, _, classes, _, _ = DATASETS.get(cfg.dataset, (3, None, None, None, None))
+    classes = cfg.num_classes or classes
+    if cfg.arch != "preact":
+        from pact_pyro.models import act_torchvision_resnet, pact_torchvision_resnet, plain_torchvision_resnet
+
+        weights = _torchvision_weights(cfg.weights) if pretrained else None
+        if cfg.method == "act":
+            model = act_torchvision_resnet(cfg.arch, weights, cfg.tau, classes)
+            return model, EmptyGuide(model)
+        if cfg.method == "plain":
+            model = plain_torchvision_resnet(cfg.arch, weights, classes)
+            return model, EmptyGuide(model)
+        model = pact_torchvision_resnet(cfg.arch, weights, cfg.make_prior(), classes)
+        return model, get_guide(cfg.guide, model, temperature=cfg.temperature)
     if cfg.method == "act":
         model = act_resnet(cfg.depth, num_classes=classes, in_channels=channels, tau=cfg.tau)
         return model, EmptyGuide(model)
@@ -268,6 +342,10 @@ def train(
     from . import distributed
 
     cfg.validate()
+    if cfg.dataset == "imagefolder" and cfg.num_classes is None:
+        from .imagefolder import count_classes
+
+        cfg.num_classes = count_classes(cfg.data_root)
     device = resolve_device(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise ValueError(f"amp=True (bf16 autocast) needs a CUDA device, got device={str(device)!r}")
@@ -297,7 +375,7 @@ class ImageTask:
 
     def load_data(self) -> None:
         cfg = self.cfg
-        self.data = load_dataset(cfg.dataset, True, cfg.data_root).subset(cfg.train_subset, cfg.seed)
+        self.data = load_images(cfg, train=True).subset(cfg.train_subset, cfg.seed)
         if len(self.data) < cfg.batch_size:
             raise ValueError(
                 f"batch_size={cfg.batch_size} is larger than the training set ({len(self.data)} examples)"
@@ -315,6 +393,8 @@ class ImageTask:
     def batches(self, gen, rank: int, world: int, device):
         from .distributed import shard_batches
 
+        if self.cfg.dataset == "imagefolder":  # streamed; the transforms augment
+            return self.data.shuffled_batches(self.cfg.batch_size, gen, device, rank, world)
         return shard_batches(self.data, self.cfg.batch_size, gen, device, self.cfg.augment, rank, world)
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor):
@@ -367,7 +447,7 @@ def load_run(path: str | os.PathLike, device: str = "auto"):
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{str(path / 'config.json')!r} is not a pact-pyro config: {err}") from None
     ckpt = load_checkpoint(path / "checkpoint.pt")
-    model, guide = build(cfg)
+    model, guide = _build(cfg, pretrained=False)  # the checkpoint holds the weights
     check_state_dict(model, ckpt["model"], "model", path / "checkpoint.pt")
     check_state_dict(guide, ckpt["guide"], "guide", path / "checkpoint.pt")
     model.load_state_dict(ckpt["model"])
