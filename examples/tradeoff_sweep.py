@@ -76,13 +76,19 @@ def plan(preset: dict) -> list[tuple[str, dict]]:
             extra = {k: v for k, v in spec.items() if k != "taus"}
             for seed in preset.get("seeds", [0]):
                 cfg = {**base, **extra, "method": method, "tau": tau, "seed": seed, "_stage": "scratch"}
-                runs.append((f"{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", cfg))
+                runs.append((f"{method}_{_net(cfg)}_tau{tau:g}_s{seed}", cfg))
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
         raise ValueError(
             f"preset gives two runs the same name: {sorted(n for n in names if names.count(n) > 1)[:3]}"
         )
     return runs
+
+
+def _net(cfg: dict) -> str:
+    """The network part of a run name: ``d20`` (the CIFAR ResNet of that depth) or a torchvision arch."""
+    arch = cfg.get("arch", "preact")
+    return f"d{cfg.get('depth', 20)}" if arch == "preact" else arch
 
 
 def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
@@ -104,11 +110,11 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
             cfg = {**base, **common, **fields, "method": method, "tau": tau}
             for seed in preset.get("seeds", [0]):
                 runs.append(
-                    (f"ft_{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
+                    (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
                 )
             for seed in spec.get("extra_seeds", {}).get(f"{tau:g}", []):
                 extra_runs.append(
-                    (f"ft_{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
+                    (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
                 )
     variants = []
     for var in ft.get("variants", []):
@@ -120,7 +126,7 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
             cfg = {**base, **common, **spec, **extra, "seed": seed, **private, "_variant": var["name"]}
             cfg.pop("seeds", None)
             variants.append(
-                (f"ft_{cfg['method']}_d{cfg['depth']}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg)
+                (f"ft_{cfg['method']}_{_net(cfg)}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg)
             )
     return runs + variants + extra_runs  # A/B variants decide defaults: before the extra seeds
 
@@ -135,7 +141,7 @@ def _plan_main(preset: dict, base: dict) -> list[tuple[str, dict]]:
                 if tau in spec.get("taus", []):
                     extra = {k: v for k, v in spec.items() if k not in ("taus",)}
                     cfg = {**base, **extra, "method": method, "tau": tau, "seed": seed}
-                    runs.append((f"{method}_d{cfg['depth']}_tau{tau:g}_s{seed}", cfg))
+                    runs.append((f"{method}_{_net(cfg)}_tau{tau:g}_s{seed}", cfg))
         for var in preset.get("variants", []):
             extra = {k: v for k, v in var.items() if k != "name"}
             cfg = {**base, **pact, **extra, "seed": seed}
@@ -143,7 +149,7 @@ def _plan_main(preset: dict, base: dict) -> list[tuple[str, dict]]:
             if "tau" not in cfg or "method" not in cfg:
                 raise ValueError(f"variant {var!r} must set 'method' and 'tau'")
             cfg["_variant"] = var["name"]
-            runs.append((f"{cfg['method']}_d{cfg['depth']}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg))
+            runs.append((f"{cfg['method']}_{_net(cfg)}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg))
         plain = preset.get("plain", {})
         for depth in sorted(plain.get("depths", []), reverse=True):
             extra = {k: v for k, v in plain.items() if k != "depths"}
@@ -426,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--preset {args.preset!r}: {err}")
     names = [name for name, _ in runs]  # the table covers every run, whichever process trained it
     for name, fields in runs:
-        TrainConfig(**{k2: v for k2, v in fields.items() if not k2.startswith("_")}).validate()
+        check = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
+        check["data_root"] = args.data_root or check.get("data_root") or "DATA_ROOT"  # checked when training
+        TrainConfig(**check).validate()
         missing = [d for d in fields.get("_after", []) if d not in names]
         if missing:
             p.error(

@@ -225,3 +225,24 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     assert "training" not in capsys.readouterr().out
     with open(tmp_path / "res" / "sweep.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == names
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (EXAMPLES / "configs").glob("*.json")))
+def test_every_preset_validates(preset, tmp_path, capsys):
+    """``--dry-run`` plans every preset and validates each run's settings (no data, no training)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    args = [
+        "--preset",
+        str(EXAMPLES / "configs" / preset),
+        "--runs",
+        str(tmp_path / "r"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert S.main([*args, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(S.plan(json.loads((EXAMPLES / "configs" / preset).read_text())))
