@@ -109,9 +109,7 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
             fields = {k: v for k, v in spec.items() if k not in ("taus", "extra_seeds")}
             cfg = {**base, **common, **fields, "method": method, "tau": tau}
             for seed in preset.get("seeds", [0]):
-                runs.append(
-                    (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
-                )
+                runs.append((f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private}))
             for seed in spec.get("extra_seeds", {}).get(f"{tau:g}", []):
                 extra_runs.append(
                     (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
@@ -125,9 +123,7 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
         for seed in var.get("seeds", preset.get("seeds", [0])):
             cfg = {**base, **common, **spec, **extra, "seed": seed, **private, "_variant": var["name"]}
             cfg.pop("seeds", None)
-            variants.append(
-                (f"ft_{cfg['method']}_{_net(cfg)}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg)
-            )
+            variants.append((f"ft_{cfg['method']}_{_net(cfg)}_tau{cfg['tau']:g}_{var['name']}_s{seed}", cfg))
     return runs + variants + extra_runs  # A/B variants decide defaults: before the extra seeds
 
 
@@ -346,6 +342,67 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interp(x: float, pts: list[tuple[float, float]]) -> float:
+    """Linear interpolation of ``(flops, accuracy)`` points at ``x``; NaN outside their FLOP range."""
+    pts = sorted(pts)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else float("nan")
+
+
+def compare(rows: list[dict]) -> str:
+    """Markdown: every PACT operating point (threshold 0.5, mean ± SE over seeds) against ACT of the same
+    stage and the plain depth family, both linearly interpolated at PACT's mean FLOPs (NaN outside their
+    range), with adaptivity (FLOP std / mean, unit patterns, units of wrong vs correct images, error
+    AUROC)."""
+    import statistics as st
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] == "pact" and str(r["threshold"]) not in ("0.5", "0.50"):
+            continue
+        tau = float(r["tau"]) if r["tau"] != "" else -1.0
+        groups.setdefault(
+            (r.get("stage", ""), r["method"], r.get("variant", ""), tau, int(r["depth"])), []
+        ).append(r)
+
+    def mean(rs, f):
+        return st.fmean(float(r[f]) for r in rs)
+
+    def curve(method, stage):
+        return [
+            (mean(rs, "flops_mean"), mean(rs, "accuracy"))
+            for (s, m, v, *_), rs in groups.items()
+            if m == method and s == stage and not v
+        ]
+
+    plain = curve("plain", "")
+    head = (
+        "| stage | PACT τ | seeds | accuracy (%) | mean FLOPs (M) | ACT here | PACT − ACT | plain here | "
+        "PACT − plain | FLOP std / mean | unit patterns | units wrong / correct | error AUROC |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for (stage, method, variant, tau, _), rs in sorted(groups.items()):
+        if method != "pact":
+            continue
+        acc = [100 * float(r["accuracy"]) for r in rs]
+        a = st.fmean(acc)
+        se = f" ± {st.stdev(acc) / len(acc) ** 0.5:.2f}" if len(acc) > 1 else ""
+        x = mean(rs, "flops_mean")
+        act = 100 * _interp(x, curve("act", stage)) if curve("act", stage) else float("nan")
+        pl = 100 * _interp(x, plain) if plain else float("nan")
+        name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
+        auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
+        lines.append(
+            f"| {name} | {tau:g} | {len(rs)} | {a:.2f}{se} | {x / 1e6:.1f} | {act:.2f} | {a - act:+.2f} | "
+            f"{pl:.2f} | {a - pl:+.2f} | {mean(rs, 'flops_std_pct'):.1f} % | "
+            f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
+            f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(csv_path: Path, path: Path, title: str) -> None:
     """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV, written atomically."""
     import matplotlib
@@ -477,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             write_csv(rows, out.with_suffix(".csv"))
             plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
-            out.with_suffix(".md").write_text(summarize(rows))
+            out.with_suffix(".md").write_text(summarize(rows) + "\n" + compare(rows))
         return rows
 
     while True:
