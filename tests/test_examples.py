@@ -35,6 +35,17 @@ NOTEBOOKS = [
 # script -> smoke flags ("{tmp}" becomes a temporary directory)
 SCRIPTS: dict[str, list[str]] = {
     "parity_lstm.py": ["--smoke", "--runs", "{tmp}/parity"],
+    "torchvision_cifar.py": [
+        "--smoke",
+        "--runs",
+        "{tmp}/tv",
+        "--folder",
+        "{tmp}/folder",
+        "--workers",
+        "0",
+        "--cifar",
+        str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"),
+    ],
     "tradeoff_sweep.py": [
         "--preset",
         "{tmp}/preset.json",
