@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DATASETS", "TensorData", "load_dataset", "resolve_data_root", "batches"]
+__all__ = ["DATASETS", "CLASS_NAMES", "TensorData", "load_dataset", "resolve_data_root", "batches"]
 
 #: ``name → (channels, size, classes, mean, std)`` of the supported image datasets
 DATASETS = {
@@ -30,6 +30,24 @@ DATASETS = {
     "mnist": (1, 28, 10, (0.1307,), (0.3081,)),
     "fashion-mnist": (1, 28, 10, (0.2860,), (0.3530,)),
     "cifar10": (3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+#: class names where the dataset has them (plots label images with them)
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "fashion-mnist": (
+        "T-shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "boot",
+    ),
 }
 
 

@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .data import CLASS_NAMES
+
 __all__ = ["write_report"]
 
 
@@ -109,7 +111,10 @@ def write_report(
         "class_units": (P.plot_class_units(idata), "Units per class (az.plot_forest)"),
         "units_vs_entropy": (P.plot_units_vs_entropy(idata), "Computation vs uncertainty"),
         "reliability": (P.plot_reliability(idata), "Calibration (reliability diagram)"),
-        "extreme_examples": (P.plot_extreme_examples(idata, data.images), "Fewest and most units"),
+        "extreme_examples": (
+            P.plot_extreme_examples(idata, data.images, class_names=CLASS_NAMES.get(data.name)),
+            "Fewest and most units",
+        ),
     }
     if sweep is None:
         sweep = sorted(Path("results").glob("*.csv")) if Path("results").is_dir() else []
