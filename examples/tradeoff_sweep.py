@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -56,6 +57,7 @@ FIELDS = [
     "method", "variant", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std",
     "flops_std_pct", "flops_ratio", "flops_full", "units_mean", "units_correct", "units_wrong", "n_correct",
     "n_wrong", "unit_patterns", "error_auroc_units", "examples", "train_seconds", "stage", "run", "commit",
+    "config_sha",
 ]  # fmt: skip
 
 
@@ -230,7 +232,8 @@ def collect(runs_dir: Path, names: list[str], kept: dict[str, list[dict]] | None
     for name in names:
         f = runs_dir / name / "sweep_eval.json"
         if f.is_file():
-            rows.extend(json.loads(f.read_text()))
+            sha = _run_sha(runs_dir / name)
+            rows.extend({**r, "config_sha": r.get("config_sha") or sha} for r in json.loads(f.read_text()))
         elif kept and name in kept:
             rows.extend(kept[name])
     return rows
@@ -250,10 +253,39 @@ def read_kept(csv_path: Path) -> dict[str, list[dict]]:
                                              "examples") else float(v)  # fmt: skip
                 except (TypeError, ValueError):
                     row[k] = v if v is not None else ""
-            for k in ("method", "variant", "stage", "run", "commit", "units_mean"):
+            for k in ("method", "variant", "stage", "run", "commit", "units_mean", "config_sha"):
                 row[k] = r.get(k) or ""
             out.setdefault(row["run"], []).append(row)
     return out
+
+
+#: settings that do not change what a run learns (where it ran, how often it logged or checkpointed, where
+#: its fine-tune source lives on this machine): left out of the run's config fingerprint
+_NOT_TRAINING = (
+    "device", "data_root", "log_every", "checkpoint_every", "test_subset", "compile", "init_from", "workers",
+    "extra",
+)  # fmt: skip
+
+
+def config_sha(fields: dict) -> str:
+    """A fingerprint of the training settings of a run (:data:`_NOT_TRAINING` left out): a row is only
+    reused for a plan entry with the same fingerprint, so changing a preset's recipe retrains its runs."""
+    import hashlib
+
+    cfg = dataclasses.asdict(TrainConfig(**{k: v for k, v in fields.items() if not k.startswith("_")}))
+    keep = {k: v for k, v in sorted(cfg.items()) if k not in _NOT_TRAINING}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_sha(run_dir: Path) -> str:
+    """:func:`config_sha` of a run directory's ``config.json`` ("" when there is none)."""
+    f = run_dir / "config.json"
+    if not f.is_file():
+        return ""
+    raw = json.loads(f.read_text())
+    return config_sha(
+        {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    )
 
 
 def code_commit() -> str:
@@ -424,6 +456,30 @@ def source_file(out: Path, source: str) -> Path:
     return out.parent / f"{out.name}_sources" / f"{source}.pt"
 
 
+def _finished(full_plan, runs_dir: Path, out: Path, kept: dict) -> tuple[set[str], set[str]]:
+    """Runs that are done with the settings the preset asks for now, and stale ones (trained with other
+    settings, or fine-tuned from a stale source): those are trained again, their CSV rows and exported
+    backbone dropped."""
+    want = {name: config_sha(fields) for name, fields in full_plan}
+    done, stale = set(), set()
+    for name, fields in full_plan:
+        if (runs_dir / name / "sweep_eval.json").is_file():
+            ok = _run_sha(runs_dir / name) == want[name]
+        elif name in kept:
+            ok = kept[name][0].get("config_sha") in ("", want[name])  # "": a row from before fingerprints
+        else:
+            continue
+        if ok and fields.get("_source") not in stale:
+            done.add(name)
+        else:
+            stale.add(name)
+            why = "trained with other settings than the preset's, or from a stale source"
+            print(f"{name}: {why}; it will be trained again", flush=True)
+            kept.pop(name, None)
+            source_file(out, name).unlink(missing_ok=True)
+    return done, stale
+
+
 def _state(name: str, fields: dict, runs_dir: Path, out: Path, done: set[str]) -> str:
     if name in done:
         return "done"
@@ -435,9 +491,10 @@ def _state(name: str, fields: dict, runs_dir: Path, out: Path, done: set[str]) -
     return "ready"
 
 
-def _train_one(cfg: TrainConfig, run_dir: Path) -> None:
-    """Train, continuing an interrupted run directory when its settings still match the plan."""
-    if (run_dir / "checkpoint.pt").is_file():
+def _train_one(cfg: TrainConfig, run_dir: Path, afresh: bool = False) -> None:
+    """Train, continuing an interrupted run directory when its settings still match the plan (``afresh``:
+    start over, e.g. when its fine-tune source was retrained)."""
+    if (run_dir / "checkpoint.pt").is_file() and not afresh:
         try:
             train(cfg, run_dir, progress=False, resume=True)
             return
@@ -506,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs[k::n]
     runs_dir, out = Path(args.runs), Path(args.out)
     kept = read_kept(out.with_suffix(".csv"))
-    done = {m for m in names if (runs_dir / m / "sweep_eval.json").is_file() or m in kept}
+    done, stale = _finished(plan(preset), runs_dir, out, kept)
     if args.dry_run:
         for name, fields in runs:
             cfg = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
@@ -523,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     def export_sources() -> None:  # keep finished fine-tune sources where a fresh clone finds them
         for src in {f["_source"] for _, f in runs if f.get("_source")}:
             path = source_file(out, src)
-            if not path.is_file() and (runs_dir / src / "sweep_eval.json").is_file():
+            if src not in stale and not path.is_file() and (runs_dir / src / "sweep_eval.json").is_file():
                 from pact_pyro.finetune import export_backbone
 
                 digest = export_backbone(runs_dir / src, path)
@@ -552,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         if not claim.acquire():
             continue
         try:
-            if (runs_dir / name / "sweep_eval.json").is_file():  # another process finished it meanwhile
+            if name not in stale and (runs_dir / name / "sweep_eval.json").is_file():  # finished meanwhile
                 done.add(name)
                 continue
             cfg_fields = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
@@ -562,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             when = f"{time.time() - start:.0f}s into the sweep"
             print(f"[{len(done) + 1}/{len(names)}] {name}: training ({when})", flush=True)
             t0 = time.time()
-            _train_one(cfg, runs_dir / name)
+            _train_one(cfg, runs_dir / name, afresh=name in stale)
+            stale.discard(name)
             seconds = time.time() - t0
             rows = evaluate_run(runs_dir / name, preset, args.data_root, fields.get("_variant", ""),
                                 fields.get("_stage", ""))  # fmt: skip

@@ -236,6 +236,14 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     assert "training" not in capsys.readouterr().out
     with open(tmp_path / "res" / "sweep.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == names
+    # a new recipe for the source run: it and every fine-tune from it train again, the other rows stay
+    changed = {**STAGED_PRESET, "plain": {"depths": [14, 8], "lr": 0.05}}
+    preset.write_text(json.dumps(changed))
+    assert S.main(args) == 0
+    trained = [
+        line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines() if "training (" in line
+    ]
+    assert trained == ["plain_d14_s0", "plain_d8_s0", *names[2:6]], trained
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (EXAMPLES / "configs").glob("*.json")))
