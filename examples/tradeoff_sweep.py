@@ -491,6 +491,37 @@ def _state(name: str, fields: dict, runs_dir: Path, out: Path, done: set[str]) -
     return "ready"
 
 
+def stash(runs, runs_dir: Path, carry: Path, done: set[str]) -> int:
+    """Copy ``config.json`` and ``checkpoint.pt`` of every started, unfinished run to ``carry/<run>/``."""
+    import shutil
+
+    for name, _ in runs:
+        src = runs_dir / name
+        if name in done or not (src / "checkpoint.pt").is_file():
+            continue
+        dst = carry / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "checkpoint.pt"):
+            shutil.copy2(src / f, dst / f)
+        step = torch.load(dst / "checkpoint.pt", weights_only=True)["step"]
+        print(f"stashed {name} at step {step} -> {dst}", flush=True)
+    return 0
+
+
+def unstash(runs, runs_dir: Path, carry: Path, done: set[str]) -> None:
+    """Start unfinished runs from their stashed checkpoint when this machine has no newer one."""
+    import shutil
+
+    for name, _ in runs:
+        src, dst = carry / name, runs_dir / name
+        if name in done or not (src / "checkpoint.pt").is_file() or (dst / "checkpoint.pt").is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "checkpoint.pt"):
+            shutil.copy2(src / f, dst / f)
+        print(f"{name}: continues from the stashed checkpoint in {src}", flush=True)
+
+
 def _train_one(cfg: TrainConfig, run_dir: Path, afresh: bool = False) -> None:
     """Train, continuing an interrupted run directory when its settings still match the plan (``afresh``:
     start over, e.g. when its fine-tune source was retrained)."""
@@ -528,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         "--poll", type=float, default=30.0, help="seconds between looks for runs whose source is done"
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs, their stage and state, and exit")
+    p.add_argument(
+        "--stash",
+        action="store_true",
+        help="copy the latest checkpoint of every unfinished run into <out>_carry/ (to commit: a fresh clone "
+        "continues those runs where they stopped) and exit",
+    )
     args = p.parse_args(argv)
     k, n = 0, 1
     if args.worker is not None:
@@ -564,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir, out = Path(args.runs), Path(args.out)
     kept = read_kept(out.with_suffix(".csv"))
     done, stale = _finished(plan(preset), runs_dir, out, kept)
+    carry = out.parent / f"{out.name}_carry"
+    if args.stash:
+        return stash(runs, runs_dir, carry, done)
+    unstash(runs, runs_dir, carry, done)
     if args.dry_run:
         for name, fields in runs:
             cfg = {k2: v for k2, v in fields.items() if not k2.startswith("_")}

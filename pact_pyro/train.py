@@ -319,7 +319,7 @@ def _make_optim(cfg: TrainConfig, total_steps: int):
     )
 
 
-_RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset", "compile")
+_RESUME_FREE = ("device", "data_root", "log_every", "checkpoint_every", "test_subset", "compile", "init_from")
 
 
 def train(

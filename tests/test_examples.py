@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -265,3 +266,39 @@ def test_every_preset_validates(preset, tmp_path, capsys):
     assert S.main([*args, "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(S.plan(json.loads((EXAMPLES / "configs" / preset).read_text())))
+
+
+def test_sweep_stash_carries_an_unfinished_run_to_a_fresh_clone(tiny_root, tmp_path, capsys):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    from pact_pyro.checkpoint import load_checkpoint
+    from pact_pyro.train import TrainConfig, train
+
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps(STAGED_PRESET))
+    fields = dict(S.plan(STAGED_PRESET))["plain_d14_s0"]
+    cfg = TrainConfig(**{k: v for k, v in fields.items() if not k.startswith("_")}, data_root=str(tiny_root))
+    train(cfg, tmp_path / "runs" / "plain_d14_s0", progress=False)  # trained, not yet evaluated by the sweep
+    out = str(tmp_path / "res" / "sweep")
+    args = [
+        "--preset",
+        str(preset),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        out,
+        "--data-root",
+        str(tiny_root),
+    ]
+    assert S.main([*args, "--stash"]) == 0
+    stashed = tmp_path / "res" / "sweep_carry" / "plain_d14_s0" / "checkpoint.pt"
+    assert "stashed plain_d14_s0 at step 2" in capsys.readouterr().out and stashed.is_file()
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone
+    assert S.main([*args, "--only", "plain_d14_s0"]) == 0
+    assert "continues from the stashed checkpoint" in capsys.readouterr().out
+    a = load_checkpoint(stashed)["model"]
+    b = load_checkpoint(tmp_path / "runs" / "plain_d14_s0" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed at its last step, not trained again
