@@ -252,9 +252,24 @@ def restore_optim(optim, state: dict, modules: dict[str, torch.nn.Module]) -> No
         raise CheckpointError(f"optimizer state for unknown parameters {unknown[:3]} (another architecture?)")
     for name, s in state.items():
         p = by_name[name]
-        optim.optim_objs[p] = optim._get_optim(p)
+        optim.optim_objs[p] = _optim_for(optim, p, name)
         optim.grad_clip[p] = optim._get_grad_clip(p)
         _load_state_dict(optim.optim_objs[p], s)
+
+
+def _optim_for(optim, p: torch.Tensor, stable_name: str):
+    """``optim._get_optim(p)``, except that per-parameter ``optim_args`` (a callable) get the stable name:
+    before the first step the parameters are not in Pyro's param store, where Pyro would look their name up.
+    (The callable must accept it, e.g. :func:`pact_pyro.train.is_halting_param` reads both forms.)"""
+    if not callable(getattr(optim, "pt_optim_args", None)):
+        return optim._get_optim(p)
+    if optim.pt_optim_args_argc == 1:
+        args = optim.pt_optim_args(stable_name)
+    else:
+        args = optim.pt_optim_args(*stable_name.rsplit(".", 1))
+    opt = optim.pt_optim_constructor([p], **args)
+    scheduler = getattr(optim, "pt_scheduler_constructor", None)
+    return scheduler(opt, **optim.kwargs) if scheduler is not None else opt
 
 
 def summary(ckpt: dict[str, Any]) -> str:

@@ -266,8 +266,8 @@ def _build(cfg: TrainConfig, pretrained: bool = True):
 
 
 def is_halting_param(name: str) -> bool:
-    """Whether a parameter (Pyro's ``module.param`` name) belongs to a halting head: a PACT guide's heads
-    (``guide<k>_<b>.*``) or an ACT model's (``*.heads.*``)."""
+    """Whether a parameter belongs to a halting head: a PACT guide's heads (Pyro's name ``guide<k>_<b>.*``,
+    a checkpoint's ``guide.heads.*``) or an ACT model's (``*.heads.*``)."""
     return name.startswith("guide") or ".heads." in name
 
 

@@ -92,3 +92,37 @@ def test_channels_last_trains_the_same_weights(tiny_root, tmp_path, one_thread):
         out[cl] = load_checkpoint(train(cfg, tmp_path / f"cl{cl}", progress=False) / "checkpoint.pt")["model"]
     for key, v in out[False].items():
         assert torch.allclose(v.double(), out[True][key].double(), rtol=1e-3, atol=1e-4), key
+
+
+@pytest.mark.parametrize("method", ["pact", "act"])
+def test_cosine_schedule_with_head_lr_resumes_bit_identically(
+    tiny_root, tmp_path, one_thread, monkeypatch, method
+):
+    """Per-parameter learning rates (a callable ``optim_args``) survive a crash: the resumed run rebuilds each
+    parameter's optimizer with its own LR and ends with the uninterrupted run's weights."""
+    import pyro
+
+    from tests.common import assert_identical
+
+    cfg = dict(**BASE, method=method, optimizer="sgd", schedule="cosine", lr=0.05, head_lr_mult=10.0,
+               epochs=2.0, checkpoint_every=2, data_root=str(tiny_root))  # fmt: skip
+    train(TrainConfig(**cfg), tmp_path / "full", progress=False)
+    real_step, calls = pyro.infer.SVI.step, {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated crash")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(TrainConfig(**cfg), tmp_path / "crashed", progress=False)
+    monkeypatch.undo()
+    train(TrainConfig(**cfg), tmp_path / "crashed", progress=False, resume=True)
+    a, b = (
+        load_checkpoint(tmp_path / "full" / "checkpoint.pt"),
+        load_checkpoint(tmp_path / "crashed" / "checkpoint.pt"),
+    )
+    for key in ("model", "guide", "optim"):
+        assert_identical(a[key], b[key], key)
