@@ -283,9 +283,8 @@ def _run_sha(run_dir: Path) -> str:
     if not f.is_file():
         return ""
     raw = json.loads(f.read_text())
-    return config_sha(
-        {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    )
+    known = {field.name for field in dataclasses.fields(TrainConfig)}  # drops "versions", "init_from_sha256"
+    return config_sha({k: v for k, v in raw.items() if k in known})
 
 
 def code_commit() -> str:
@@ -581,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = plan(preset)
     except ValueError as err:
         p.error(f"--preset {args.preset!r}: {err}")
+    full = runs
     names = [name for name, _ in runs]  # the table covers every run, whichever process trained it
     for name, fields in runs:
         check = {k2: v for k2, v in fields.items() if not k2.startswith("_")}
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs[k::n]
     runs_dir, out = Path(args.runs), Path(args.out)
     kept = read_kept(out.with_suffix(".csv"))
-    done, stale = _finished(plan(preset), runs_dir, out, kept)
+    done, stale = _finished(full, runs_dir, out, kept)
     carry = out.parent / f"{out.name}_carry"
     if args.stash:
         return stash(runs, runs_dir, carry, done)

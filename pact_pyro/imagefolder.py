@@ -14,6 +14,7 @@ re-augments) the batches of the interrupted epoch it has already trained on to r
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,8 +91,7 @@ class FolderData:
         """A fixed random subset of ``n`` images (all when ``n`` is None or too large)."""
         if n is None or n >= len(self):
             return self
-        out = object.__new__(FolderData)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)  # the same dataset (file list, transforms), fewer indices
         pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         out.indices, out.labels = self.indices[pick], self.labels[pick]
         return out

@@ -218,7 +218,7 @@ def build(cfg: TrainConfig, source: dict | None = None):
     strictly; halting heads stay fresh."""
     model, guide = _build(cfg, pretrained=source is None)
     if source is not None:
-        from .finetune import init_backbone
+        from .nn.backbone import init_backbone
 
         init_backbone(model.backbone, source, cfg.init_from or "")
     return model, guide
@@ -339,8 +339,6 @@ def train(
     run is data-parallel (:mod:`pact_pyro.distributed`); ``cfg.batch_size`` is then the global batch.
     A non-finite loss raises :class:`FloatingPointError` and leaves the last good checkpoint in place.
     """
-    from . import distributed
-
     cfg.validate()
     if cfg.dataset == "imagefolder" and cfg.num_classes is None:
         from .imagefolder import count_classes
@@ -349,13 +347,7 @@ def train(
     device = resolve_device(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise ValueError(f"amp=True (bf16 autocast) needs a CUDA device, got device={str(device)!r}")
-    ctx = distributed.setup(device)
-    try:
-        if device.type == "cuda" and ctx.active:
-            device = torch.device("cuda", ctx.local_rank)
-        return run_training(ImageTask(cfg), Path(out), overwrite, progress, resume, device, ctx)
-    finally:
-        ctx.close()
+    return run_training(ImageTask(cfg), Path(out), overwrite, progress, resume, device)
 
 
 class ImageTask:

@@ -261,17 +261,9 @@ def train_seq(
     """Train through :func:`pact_pyro.trainer.run_training` and write the run directory (``config.json``,
     ``checkpoint.pt`` every ``checkpoint_every`` steps, ``metrics.jsonl``); ``resume=True`` continues from
     the checkpoint, bit-identically on CPU. Under ``torchrun`` the run is data-parallel."""
-    from . import distributed
-    from .train import resolve_device
-
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    device = resolve_device("cpu")
-    ctx = distributed.setup(device)
-    try:
-        return run_training(SequenceTask(cfg), Path(out), overwrite, progress, resume, device, ctx)
-    finally:
-        ctx.close()
+    return run_training(SequenceTask(cfg), Path(out), overwrite, progress, resume, torch.device("cpu"))
 
 
 def _prior_weight(step: int, ramp_start: int | None, ramp_steps: int) -> float:

@@ -119,7 +119,21 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def run_training(task: Task, out: Path, overwrite: bool, progress: bool, resume: bool, device, ctx) -> Path:
+def run_training(task: Task, out: Path, overwrite: bool, progress: bool, resume: bool, device) -> Path:
+    """Train ``task`` into ``out`` on ``device``: one process, or data-parallel when started by ``torchrun``
+    (the process group is set up and torn down here; each process takes its local CUDA device)."""
+    from . import distributed
+
+    ctx = distributed.setup(device)
+    try:
+        if device.type == "cuda" and ctx.active:
+            device = torch.device("cuda", ctx.local_rank)
+        return _run_training(task, out, overwrite, progress, resume, device, ctx)
+    finally:
+        ctx.close()
+
+
+def _run_training(task: Task, out: Path, overwrite: bool, progress: bool, resume: bool, device, ctx) -> Path:
     """The training run, top to bottom: check, prepare the run directory, build, restore, loop."""
     cfg = task.cfg
     _check_world_batch(cfg, ctx)
@@ -326,7 +340,7 @@ class _Run:
         try:
             while self.step < self.total:
                 epoch_start = self.gen.get_state()
-                consumed = self.epoch()
+                consumed = self.epoch(epoch_start)
                 if self.step >= self.total:  # stopped inside the epoch
                     if self.saved_at != self.step:
                         self.save(epoch_start, consumed)
@@ -340,11 +354,11 @@ class _Run:
             if self.metrics is not None:
                 self.metrics.close()
 
-    def epoch(self) -> int:
-        """One pass over the task's batches from where it stands; returns the batches consumed."""
+    def epoch(self, epoch_start: torch.Tensor) -> int:
+        """One pass over the task's batches from where it stands (``epoch_start``: the data generator's state
+        when the epoch began, what a mid-epoch checkpoint replays from); returns the batches consumed."""
         self.model.train()
         self.guide.train()
-        epoch_start = self.gen.get_state()
         batches = self.task.batches(self.gen, self.ctx.rank, self.ctx.world_size, self.device)
         every = self.cfg.checkpoint_every
         for i, (x, y) in enumerate(batches):
