@@ -96,3 +96,19 @@ def kill_after_first_checkpoint(argv: list[str], ckpt: Path, reference: Callable
     watcher.join()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def crash_at_step(monkeypatch, n: int) -> None:
+    """Make the ``n``-th ``SVI.step`` of this process raise ``RuntimeError("simulated crash")`` (undo with
+    ``monkeypatch.undo()``)."""
+    import pyro
+
+    real_step, calls = pyro.infer.SVI.step, {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", crashing_step)

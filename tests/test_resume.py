@@ -13,7 +13,7 @@ import pytest
 
 from pact_pyro import cli
 from pact_pyro.checkpoint import load_checkpoint
-from tests.common import assert_identical, kill_after_first_checkpoint
+from tests.common import assert_identical, crash_at_step, kill_after_first_checkpoint
 
 # depth 14: L = 2 units per block, so halting latents (and their RNG draws) are part of the trajectory.
 # 48 examples / batch 16 = 3 steps per epoch, 2 epochs = 6 steps; a checkpoint every 2 steps.
@@ -100,7 +100,6 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_root, tmp_path, one_thread, mo
 def test_crash_and_resume_with_augmentation_sgd_and_warmup(tiny_root, tmp_path, one_thread, monkeypatch):
     """In-process crash (an exception at step 5) with the other optimizer (SGD + step decay), random-crop
     augmentation drawn from the data generator, and a τ warm-up: resumed weights are still bit-identical."""
-    import pyro
 
     from pact_pyro.train import TrainConfig, train
 
@@ -109,16 +108,7 @@ def test_crash_and_resume_with_augmentation_sgd_and_warmup(tiny_root, tmp_path, 
     cfg["data_root"] = str(tiny_root)
     train(TrainConfig(**cfg), tmp_path / "full", progress=False)
 
-    real_step = pyro.infer.SVI.step
-    calls = {"n": 0}
-
-    def crashing_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("simulated crash")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(pyro.infer.SVI, "step", crashing_step)
+    crash_at_step(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(TrainConfig(**cfg), tmp_path / "crashed", progress=False)
     monkeypatch.undo()

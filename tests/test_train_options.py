@@ -100,22 +100,13 @@ def test_cosine_schedule_with_head_lr_resumes_bit_identically(
 ):
     """Per-parameter learning rates (a callable ``optim_args``) survive a crash: the resumed run rebuilds each
     parameter's optimizer with its own LR and ends with the uninterrupted run's weights."""
-    import pyro
 
-    from tests.common import assert_identical
+    from tests.common import assert_identical, crash_at_step
 
     cfg = dict(**BASE, method=method, optimizer="sgd", schedule="cosine", lr=0.05, head_lr_mult=10.0,
                epochs=2.0, checkpoint_every=2, data_root=str(tiny_root))  # fmt: skip
     train(TrainConfig(**cfg), tmp_path / "full", progress=False)
-    real_step, calls = pyro.infer.SVI.step, {"n": 0}
-
-    def crashing_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(pyro.infer.SVI, "step", crashing_step)
+    crash_at_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(TrainConfig(**cfg), tmp_path / "crashed", progress=False)
     monkeypatch.undo()
