@@ -57,8 +57,12 @@ FIELDS = [
     "method", "variant", "depth", "tau", "seed", "threshold", "accuracy", "flops_mean", "flops_std",
     "flops_std_pct", "flops_ratio", "flops_full", "units_mean", "units_correct", "units_wrong", "n_correct",
     "n_wrong", "unit_patterns", "error_auroc_units", "examples", "train_seconds", "stage", "run", "commit",
-    "config_sha",
+    "config_sha", "map_std", "uniform_maps",
 ]  # fmt: skip
+
+#: the adaptive methods a preset may list (per stage), each with its deterministic baseline for compare()
+ADAPTIVE = ("pact", "act", "spatial-pact", "sact")
+BASELINE = {"pact": "act", "spatial-pact": "sact"}
 
 
 def plan(preset: dict) -> list[tuple[str, dict]]:
@@ -72,7 +76,7 @@ def plan(preset: dict) -> list[tuple[str, dict]]:
     base = dict(preset.get("base", {}))
     runs = _plan_main(preset, base)
     runs += _plan_finetune(preset, base)
-    for method in ("pact", "act"):
+    for method in ADAPTIVE:
         spec = preset.get("scratch", {}).get(method)
         for tau in (spec or {}).get("taus", []):
             extra = {k: v for k, v in spec.items() if k != "taus"}
@@ -99,23 +103,24 @@ def _plan_finetune(preset: dict, base: dict) -> list[tuple[str, dict]]:
         return []
     if "source" not in ft:
         raise ValueError("preset 'finetune' must name its 'source' run (e.g. 'plain_d20_s0')")
-    common = {k: v for k, v in ft.items() if k not in ("source", "pact", "act", "variants")}
+    common = {k: v for k, v in ft.items() if k not in ("source", "variants", *ADAPTIVE)}
     private = {"_stage": "finetune", "_after": [ft["source"]], "_source": ft["source"]}
     runs, extra_runs = [], []
-    taus = sorted({t for m in ("pact", "act") for t in ft.get(m, {}).get("taus", [])})
-    for tau in taus:
-        for method in ("pact", "act"):
-            spec = ft.get(method, {})
-            if tau not in spec.get("taus", []):
-                continue
-            fields = {k: v for k, v in spec.items() if k not in ("taus", "extra_seeds")}
-            cfg = {**base, **common, **fields, "method": method, "tau": tau}
-            for seed in preset.get("seeds", [0]):
-                runs.append((f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private}))
-            for seed in spec.get("extra_seeds", {}).get(f"{tau:g}", []):
-                extra_runs.append(
-                    (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
-                )
+    taus = sorted({t for m in ADAPTIVE for t in ft.get(m, {}).get("taus", [])})
+    # per-example halting (PACT vs ACT, per τ) first, then per-position halting (spatial PACT vs SACT)
+    order = [(tau, m) for group in (ADAPTIVE[:2], ADAPTIVE[2:]) for tau in taus for m in group]
+    for tau, method in order:
+        spec = ft.get(method, {})
+        if tau not in spec.get("taus", []):
+            continue
+        fields = {k: v for k, v in spec.items() if k not in ("taus", "extra_seeds")}
+        cfg = {**base, **common, **fields, "method": method, "tau": tau}
+        for seed in preset.get("seeds", [0]):
+            runs.append((f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private}))
+        for seed in spec.get("extra_seeds", {}).get(f"{tau:g}", []):
+            extra_runs.append(
+                (f"ft_{method}_{_net(cfg)}_tau{tau:g}_s{seed}", {**cfg, "seed": seed, **private})
+            )
     variants = []
     for var in ft.get("variants", []):
         extra = {k: v for k, v in var.items() if k != "name"}
@@ -161,7 +166,7 @@ def _adaptivity(pred_csv: Path) -> dict:
     with open(pred_csv) as f:
         rows = list(csv.DictReader(f))
     ucols = [k for k in rows[0] if k.startswith("units_")]
-    total = torch.tensor([sum(int(r[k]) for k in ucols) for r in rows], dtype=torch.float64)
+    total = torch.tensor([sum(float(r[k]) for k in ucols) for r in rows], dtype=torch.float64)
     correct = torch.tensor([r["label"] == r["prediction"] for r in rows])
     patterns = {tuple(r[k] for k in ucols) for r in rows}
 
@@ -194,7 +199,8 @@ def evaluate_run(
     spec = preset.get("eval", {})
     model, guide, cfg = load_run(run_dir, "cpu")
     data = load_images(cfg, False, data_root).subset(spec.get("test_subset"), 0)
-    thresholds = spec.get("pact_thresholds", [0.5]) if cfg.method == "pact" else [0.5]
+    latent = cfg.method in BASELINE  # PACT and spatial PACT: thresholded halting latents
+    thresholds = spec.get("pact_thresholds", [0.5]) if latent else [0.5]
     rows = []
     for thr in thresholds:
         with tempfile.TemporaryDirectory() as tmp:
@@ -209,7 +215,7 @@ def evaluate_run(
                 "depth": cfg.depth,
                 "tau": cfg.tau if cfg.method != "plain" else "",
                 "seed": cfg.seed,
-                "threshold": thr if cfg.method == "pact" else "",
+                "threshold": thr if latent else "",
                 "accuracy": res["accuracy"],
                 "flops_mean": res["flops_mean"],
                 "flops_std": res["flops_std"],
@@ -219,6 +225,8 @@ def evaluate_run(
                 "units_mean": "/".join(f"{u:.3f}" for u in res["units_mean"]),
                 "examples": res["examples"],
                 "run": run_dir.name,
+                "map_std": res.get("map_std", ""),
+                "uniform_maps": res.get("uniform_maps", ""),
                 **ada,
             }
         )
@@ -383,15 +391,15 @@ def _interp(x: float, pts: list[tuple[float, float]]) -> float:
 
 
 def compare(rows: list[dict]) -> str:
-    """Markdown: every PACT operating point (threshold 0.5, mean ± SE over seeds) against ACT of the same
-    stage and the plain depth family, both linearly interpolated at PACT's mean FLOPs (NaN outside their
-    range), with adaptivity (FLOP std / mean, unit patterns, units of wrong vs correct images, error
-    AUROC)."""
+    """Markdown: every PACT and spatial-PACT operating point (threshold 0.5, mean ± SE over seeds) against its
+    baseline of the same stage (ACT, SACT) and the plain depth family, both linearly interpolated at its mean
+    FLOPs (NaN outside their range), with adaptivity (FLOP std / mean, unit patterns, units of wrong vs
+    correct images, error AUROC)."""
     import statistics as st
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["method"] == "pact" and str(r["threshold"]) not in ("0.5", "0.50"):
+        if r["method"] in BASELINE and str(r["threshold"]) not in ("0.5", "0.50"):
             continue
         tau = float(r["tau"]) if r["tau"] != "" else -1.0
         groups.setdefault(
@@ -410,24 +418,26 @@ def compare(rows: list[dict]) -> str:
 
     plain = curve("plain", "")
     head = (
-        "| stage | PACT τ | seeds | accuracy (%) | mean FLOPs (M) | ACT here | PACT − ACT | plain here | "
-        "PACT − plain | FLOP std / mean | unit patterns | units wrong / correct | error AUROC |"
+        "| stage | method | τ | seeds | accuracy (%) | mean FLOPs (M) | baseline here | − baseline | "
+        "plain here | − plain | FLOP std / mean | unit patterns | units wrong / correct | error AUROC |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for (stage, method, variant, tau, _), rs in sorted(groups.items()):
-        if method != "pact":
+        if method not in BASELINE:
             continue
         acc = [100 * float(r["accuracy"]) for r in rs]
         a = st.fmean(acc)
         se = f" ± {st.stdev(acc) / len(acc) ** 0.5:.2f}" if len(acc) > 1 else ""
         x = mean(rs, "flops_mean")
-        act = 100 * _interp(x, curve("act", stage)) if curve("act", stage) else float("nan")
+        base = curve(BASELINE[method], stage)
+        ref = 100 * _interp(x, base) if base else float("nan")
         pl = 100 * _interp(x, plain) if plain else float("nan")
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
         auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
         lines.append(
-            f"| {name} | {tau:g} | {len(rs)} | {a:.2f}{se} | {x / 1e6:.1f} | {act:.2f} | {a - act:+.2f} | "
-            f"{pl:.2f} | {a - pl:+.2f} | {mean(rs, 'flops_std_pct'):.1f} % | "
+            f"| {name} | {method} vs {BASELINE[method]} | {tau:g} | {len(rs)} | {a:.2f}{se} | "
+            f"{x / 1e6:.1f} | {ref:.2f} | {a - ref:+.2f} | {pl:.2f} | {a - pl:+.2f} | "
+            f"{mean(rs, 'flops_std_pct'):.1f} % | "
             f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
             f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
         )

@@ -70,6 +70,9 @@ class ACTResNet(_NoLatentModel):
     :param eps: ACT's ``ε`` (halting at ``S ≥ 1 - ε``). :param bias_init: initial halting-logit bias (-3).
     """
 
+    #: the halting head built for each unit ``l < L_b`` (``head_type(channels, bias_init)``)
+    head_type: type[nn.Module] = HaltingHead
+
     def __init__(
         self, backbone: ResNetBackbone, tau: float = 0.01, eps: float = ACT_EPS, bias_init: float = -3.0
     ):
@@ -80,7 +83,7 @@ class ACTResNet(_NoLatentModel):
             raise ValueError(f"eps must be in [0, 1), got {eps!r}")
         self.tau, self.eps = float(tau), float(eps)
         self.heads = nn.ModuleList(
-            nn.ModuleList(HaltingHead(c, bias_init) for _ in range(L - 1))
+            nn.ModuleList(self.head_type(c, bias_init) for _ in range(L - 1))
             for c, L in zip(backbone.widths, backbone.units_per_block, strict=True)
         )
 

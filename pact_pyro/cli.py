@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default=d.dataset, help="mnist, fashion-mnist, cifar10, or imagefolder (--data-root DIR)"
     )
     t.add_argument("--depth", type=int, default=d.depth, help="ResNet depth 6n+2 (3 blocks of n units)")
-    t.add_argument("--method", default=d.method, help="pact (halting latents), act or plain")
+    t.add_argument(
+        "--method",
+        default=d.method,
+        help="pact (halting latents), act, plain, spatial-pact (per-position latents), sact (spatial ACT)",
+    )
     t.add_argument(
         "--arch",
         default=None,
@@ -193,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default="cifar10", help="mnist, fashion-mnist or cifar10 (sets the input shape)"
     )
     f.add_argument("--depth", type=int, default=32, help="ResNet depth 6n+2")
-    f.add_argument("--method", default="pact", help="pact/act (with halting heads) or plain")
+    f.add_argument(
+        "--method", default="pact", help="pact/act/spatial-pact/sact (with halting heads) or plain"
+    )
     r = sub.add_parser(
         "report",
-        help="diagnostic plots and a Markdown/HTML summary of a PACT run",
+        help="diagnostic plots and a Markdown/HTML summary of a PACT or spatial-PACT run (ponder maps)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     r.add_argument("run_dir", help="a run directory written by train")

@@ -36,6 +36,7 @@ __all__ = [
     "TruncatedPoisson",
     "CategoricalUnits",
     "HaltingPrior",
+    "HazardBernoulli",
     "get_prior",
     "PRIORS",
 ]
@@ -84,6 +85,15 @@ class UnitsPrior(ABC):
     def site(self, L: int, batch_shape: torch.Size | tuple = ()) -> HaltingPrior:
         """The distribution of the halting site of a block with ``L`` units."""
         return HaltingPrior(self.log_probs(L), batch_shape=batch_shape)
+
+    def hazard_site(self, l: int, L: int, running: torch.Tensor) -> HazardBernoulli:
+        """The prior of one halting value ``z^l`` (1-based ``l < L``) given the earlier ones, through the
+        still-running indicator ``e_l`` (``running``, any batch shape): :class:`HazardBernoulli`. Used when a
+        model samples ``z^1..z^{L-1}`` one by one (spatial PACT: each head reads the state the earlier halting
+        values produced); ``Σ_l log p(z^l | z^{<l}) = Σ_l w_l log p(N = l)``, as :meth:`site` gives."""
+        if not 1 <= l < _check_L(L):
+            raise ValueError(f"l must be in 1..{L - 1} (a unit with a halting value), got {l!r}")
+        return HazardBernoulli(self.hazards(L)[l - 1], running)
 
     def mean_units(self, L: int) -> float:
         """Prior mean ``E[N]``."""
@@ -241,3 +251,47 @@ class HaltingPrior(dist.TorchDistribution):
     @property
     def mean(self) -> torch.Tensor:
         raise NotImplementedError("HaltingPrior has no useful mean over z; use UnitsPrior.mean_units")
+
+
+class HazardBernoulli(dist.TorchDistribution):
+    """``p(z^l | z^{<l})`` of a computation prior written as a chain of hazards ``λ_l = p(N = l | N ≥ l)``.
+
+    ``log_prob(z) = e_l · [z log λ_l + (1 - z) log(1 - λ_l)]`` with ``e_l = ∏_{i<l}(1 - z^i)`` (``running``):
+    a Bernoulli(``λ_l``) while the computation runs, flat on ``[0, 1]`` once it has halted, and linear in
+    ``z`` (so it scores relaxed ``z ∈ [0, 1]`` too). Summed over ``l = 1..L-1`` it equals
+    ``Σ_l w_l log p(N = l)`` for any ``z`` in ``[0, 1]^{L-1}`` (``w = stick_breaking(z)``): since
+    ``Σ_{l>i} w_l = e_{i+1} = e_i (1 - z^i)``, ``Σ_l w_l [Σ_{i<l} log(1 - λ_i) + log λ_l]`` regroups into the
+    chain — the same relaxed prior as :class:`HaltingPrior`, one unit at a time.
+
+    :param hazard: ``λ_l`` (a scalar tensor).
+    :param running: ``e_l``, batch shape of the site (e.g. ``[B, H, W]``), in ``[0, 1]``.
+    """
+
+    arg_constraints = {}
+    support = constraints.unit_interval
+    has_rsample = False
+
+    def __init__(self, hazard: torch.Tensor, running: torch.Tensor, validate_args=None) -> None:
+        self.hazard, self.running = torch.as_tensor(hazard), running
+        super().__init__(running.shape, torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(HazardBernoulli, _instance)
+        new.hazard = self.hazard
+        new.running = self.running.expand(batch_shape)
+        super(HazardBernoulli, new).__init__(torch.Size(batch_shape), torch.Size(), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        a = self.hazard.to(dtype=value.dtype, device=value.device)
+        # xlogy: 0 · log 0 = 0, so a prior with p(N = l) = 0 or 1 scores the values it allows
+        lp = torch.xlogy(value, a) + torch.xlogy(1 - value, 1 - a)
+        return self.running * lp
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        p = self.hazard.to(dtype=self.running.dtype, device=self.running.device).expand(shape)
+        return torch.bernoulli(p)

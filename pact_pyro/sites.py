@@ -13,6 +13,16 @@ site                   shape (inside plate "data")  meaning
 ``y``                  ``[B]``                      the label (observed when given)
 =====================  ===========================  =======================================
 
+Spatial models (one halting value per position; ``H_b × W_b`` the block's resolution):
+
+=====================  ===========================  =======================================
+``z_{b}_{l}``          ``[B, H_b, W_b]``            ``z^{l+1}(i, j)`` of block ``b``, one site per unit
+                                                    ``l < L_b - 1`` (event dims ``H_b, W_b``)
+``units_map_{b}``      ``[B, H_b, W_b]``            ``Ñ_b(i, j) = Σ_l e_l(i, j)`` (deterministic)
+``units_{b}``          ``[B]``                      its mean over positions (deterministic)
+``ponder_{b}``         ``[B]``                      SACT's ``-τ mean_ij ρ(i, j)`` (a factor)
+=====================  ===========================  =======================================
+
 Recurrent models (pondering LSTM; input step ``t``, 0-based, ``M`` ponder steps at most):
 
 =====================  ===========================  =======================================
@@ -26,6 +36,7 @@ Recurrent models (pondering LSTM; input step ``t``, 0-based, ``M`` ponder steps 
 from __future__ import annotations
 
 __all__ = ["DATA_PLATE", "halting_site", "activation_site", "units_site", "parse_halting_site", "OBS_SITE"]
+__all__ += ["unit_halting_site", "units_map_site", "parse_unit_halting_site"]
 __all__ += [
     "ponder_state_site",
     "ponder_halting_site",
@@ -62,6 +73,24 @@ def parse_halting_site(name: str) -> int | None:
     """The block index of a halting site name, or ``None`` for any other site."""
     if name.startswith("z_") and name[2:].isdigit():
         return int(name[2:])
+    return None
+
+
+def unit_halting_site(block: int, unit: int) -> str:
+    """``z_{block}_{unit}``: one halting value per position, ``z^{unit+1}`` of ``block`` (spatial models)."""
+    return f"z_{block}_{unit}"
+
+
+def units_map_site(block: int) -> str:
+    """``units_map_{block}``: the (relaxed) number of units per position ``[B, H, W]`` (spatial models)."""
+    return f"units_map_{block}"
+
+
+def parse_unit_halting_site(name: str) -> tuple[int, int] | None:
+    """``(block, unit)`` of a per-unit halting site name (``z_{b}_{l}``), or ``None``."""
+    parts = name.split("_")
+    if len(parts) == 3 and parts[0] == "z" and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1]), int(parts[2])
     return None
 
 

@@ -35,11 +35,15 @@ __all__ = ["ThresholdResult", "threshold", "evaluate_masked"]
 
 
 class ThresholdResult(NamedTuple):
-    """``logits [B, C]``, ``units [B, blocks]`` (1-based ``N_b``), ``flops [B]`` (SACT rules)."""
+    """``logits [B, C]``, ``units [B, blocks]`` (1-based ``N_b``), ``flops [B]`` (SACT rules).
+
+    Spatial models: ``units`` is the mean over positions (float64) and ``maps`` holds, per block, the units
+    run at each position (int64 ``[B, H_b, W_b]``); ``None`` otherwise."""
 
     logits: torch.Tensor
     units: torch.Tensor
     flops: torch.Tensor
+    maps: list[torch.Tensor] | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -183,10 +187,15 @@ def threshold(
 
     Models with their own test-time rule (ACT-ResNet, plain ResNet) provide
     ``model.evaluate_batch(x, threshold, mode, generator, flop_table)``, which is used instead (with
-    ``chunk_size=`` as a keyword when one is given).
+    ``chunk_size=`` as a keyword when one is given). Spatial PACT models (``model.spatial_halting``) go to
+    :func:`~pact_pyro.spatial_evaluate.spatial_threshold`.
     """
     _check_mode(threshold, mode)
     check_chunk_size(chunk_size)
+    if getattr(model, "spatial_halting", False) and not hasattr(model, "evaluate_batch"):
+        from .spatial_evaluate import spatial_threshold
+
+        return spatial_threshold(model, guide, x, threshold, mode, generator, flop_table, chunk_size)
     if hasattr(model, "evaluate_batch"):
         if chunk_size is None:
             return model.evaluate_batch(x, threshold, mode, generator, flop_table)

@@ -23,6 +23,7 @@ from .trainer import RunDirError, run_training
 
 __all__ = [
     "TrainConfig",
+    "METHODS",
     "ImageTask",
     "train",
     "build",
@@ -31,6 +32,16 @@ __all__ = [
     "resolve_device",
     "RunDirError",
 ]
+
+
+#: what ``TrainConfig.method`` selects: the generative model (and guide) trained
+METHODS = {
+    "pact": "PACT: halting latents per example and block, amortized Concrete guide",
+    "act": "ACT (Graves; SACT code): deterministic halting, ponder cost",
+    "plain": "the ResNet without halting (every unit)",
+    "spatial-pact": "spatial PACT: halting latents per position, SACT's spatial heads in the guide",
+    "sact": "SACT: ACT per position, ponder cost averaged over positions",
+}
 
 
 @dataclass
@@ -116,8 +127,10 @@ class TrainConfig:
         nc = self.num_classes
         if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 2):
             bad("num_classes", "None or an integer >= 2")
-        if self.method not in ("pact", "act", "plain"):
-            bad("method", "one of ['act', 'pact', 'plain']")
+        if self.method not in METHODS:
+            bad("method", f"one of {list(METHODS)}")
+        if self.method in ("spatial-pact", "sact") and self.arch != "preact":
+            bad("arch", f"'preact' for method={self.method!r} (spatial halting is built on the CIFAR ResNet)")
         if self.prior not in PRIORS:
             bad("prior", f"one of {sorted(PRIORS)}")
         from pact_pyro.guides import GUIDES
@@ -209,8 +222,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build(cfg: TrainConfig, source: dict | None = None):
-    """Model and guide for a config, by ``cfg.method``: ``pact`` (PACT-ResNet + halting guide), ``act``
-    (ACT-ResNet with ponder weight ``cfg.tau``) or ``plain`` (ResNet); the last two get an
+    """Model and guide for a config, by ``cfg.method`` (:data:`METHODS`): ``pact`` / ``spatial-pact``
+    ((spatial) PACT-ResNet + halting guide), ``act`` / ``sact`` ((spatial) ACT-ResNet with ponder weight
+    ``cfg.tau``) or ``plain`` (ResNet); those without latents get an
     :class:`~pact_pyro.guides.EmptyGuide`, so every method trains through the same SVI loop.
 
     Fresh weights, except that ``source`` (a backbone ``state_dict``, e.g.
@@ -238,7 +252,7 @@ def _torchvision_weights(name: str | None):
 
 def _build(cfg: TrainConfig, pretrained: bool = True):
     from pact_pyro.guides import EmptyGuide, get_guide
-    from pact_pyro.models import act_resnet, pact_resnet, plain_resnet
+    from pact_pyro.models import act_resnet, pact_resnet, plain_resnet, sact_resnet, spatial_pact_resnet
 
     channels, _, classes, _, _ = DATASETS.get(cfg.dataset, (3, None, None, None, None))
     classes = cfg.num_classes or classes
@@ -254,13 +268,15 @@ def _build(cfg: TrainConfig, pretrained: bool = True):
             return model, EmptyGuide(model)
         model = pact_torchvision_resnet(cfg.arch, weights, cfg.make_prior(), classes)
         return model, get_guide(cfg.guide, model, temperature=cfg.temperature)
-    if cfg.method == "act":
-        model = act_resnet(cfg.depth, num_classes=classes, in_channels=channels, tau=cfg.tau)
+    if cfg.method in ("act", "sact"):
+        make = act_resnet if cfg.method == "act" else sact_resnet
+        model = make(cfg.depth, num_classes=classes, in_channels=channels, tau=cfg.tau)
         return model, EmptyGuide(model)
     if cfg.method == "plain":
         model = plain_resnet(cfg.depth, num_classes=classes, in_channels=channels)
         return model, EmptyGuide(model)
-    model = pact_resnet(cfg.depth, num_classes=classes, in_channels=channels, prior=cfg.make_prior())
+    make = spatial_pact_resnet if cfg.method == "spatial-pact" else pact_resnet
+    model = make(cfg.depth, num_classes=classes, in_channels=channels, prior=cfg.make_prior())
     guide = get_guide(cfg.guide, model, temperature=cfg.temperature)
     return model, guide
 

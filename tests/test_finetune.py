@@ -38,7 +38,7 @@ def plain_run(tiny_root, tmp_path, one_thread):
     return out
 
 
-@pytest.mark.parametrize("method", ["pact", "act"])
+@pytest.mark.parametrize("method", ["pact", "act", "spatial-pact"])
 def test_init_from_gives_the_source_logits_with_every_unit(plain_run, tiny_root, method):
     src_model, _, src_cfg = load_run(plain_run, "cpu")
     x, _ = next(batches(load_dataset("mnist", False, tiny_root), 32))
@@ -49,7 +49,7 @@ def test_init_from_gives_the_source_logits_with_every_unit(plain_run, tiny_root,
     model.eval()
     guide.eval()
     with torch.no_grad():
-        if method == "pact":
+        if method != "act":
             got = threshold(model, guide, x, threshold=1.0)  # h >= 1 never holds: every unit runs
             assert got.units.eq(torch.tensor(model.units_per_block)).all()
             got = got.logits
@@ -57,8 +57,10 @@ def test_init_from_gives_the_source_logits_with_every_unit(plain_run, tiny_root,
             got = model.backbone(x)  # ACT's backbone with every unit is the plain network
     assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
     # the heads are fresh: bias -3 as in SACT
-    heads = guide.heads if method == "pact" else model.heads
-    assert all(float(h.linear.bias.detach()) == -3.0 for block in heads for h in block)
+    heads = model.heads if method == "act" else guide.heads
+    spatial = method == "spatial-pact"
+    bias = [h.local_conv.bias if spatial else h.linear.bias for block in heads for h in block]
+    assert all(float(b.detach()) == -3.0 for b in bias)
 
 
 def test_init_from_state_dict_file_and_checksum(plain_run, tiny_root, tmp_path):

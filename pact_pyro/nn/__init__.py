@@ -2,9 +2,9 @@
 torchvision's)."""
 
 from .backbone import ResNetBackbone, resnet_units_per_block
-from .halting_head import HaltingHead, spatial_mean
+from .halting_head import HaltingHead, SpatialHaltingHead, spatial_mean
 from .torchvision_resnet import TorchvisionBackbone
 from .units import PreActUnit
 
 __all__ = ["PreActUnit", "HaltingHead", "ResNetBackbone", "resnet_units_per_block", "spatial_mean"]
-__all__ += ["TorchvisionBackbone"]
+__all__ += ["TorchvisionBackbone", "SpatialHaltingHead"]

@@ -1,7 +1,11 @@
-"""SACT's non-spatial halting branch (pact-notes.md §1): ``h^l = σ(w · BN(avgpool(u^l)) + b)``.
+"""SACT's halting branches (pact-notes.md §1).
+
+* non-spatial (:class:`HaltingHead`): ``h^l = σ(w · BN(avgpool(u^l)) + b)``, one logit per example;
+  ``2·C`` FLOPs (the linear layer; pooling and BN are free);
+* spatial (:class:`SpatialHaltingHead`): ``h^l(i, j) = σ(conv3x3(BN(u^l))(i, j) + w · BN(avgpool(u^l)) + b)``,
+  one logit per position (the global term broadcast); ``2·9·C`` FLOPs per position plus ``2·C``.
 
 The logit bias starts at ``-3`` (``σ(-3) ≈ 0.047``), so at initialisation almost every unit runs.
-Cost by SACT's rules: ``2·C`` FLOPs (the linear layer; pooling and BN are free).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from torch import nn
 
 from .units import BN_EPS
 
-__all__ = ["HaltingHead", "spatial_mean"]
+__all__ = ["HaltingHead", "SpatialHaltingHead", "spatial_mean"]
 
 
 class _SpatialMean(torch.autograd.Function):
@@ -52,3 +56,27 @@ class HaltingHead(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.linear(self.bn(spatial_mean(u))).squeeze(-1)
+
+
+class SpatialHaltingHead(nn.Module):
+    """Halting logits of one unit, one per position (SACT's ``get_halting_proba_conv``):
+    ``[B, C, H, W] → [B, H, W]``.
+
+    ``logit(i, j) = conv3x3(BN(u))(i, j) + linear(BN(mean_hw(u)))``: a local term (one output channel,
+    zero padding, bias ``bias_init``) and a global term without bias, broadcast over positions.
+
+    :param channels: ``C``. :param bias_init: initial logit bias (SACT: -3).
+    """
+
+    def __init__(self, channels: int, bias_init: float = -3.0) -> None:
+        super().__init__()
+        self.local_bn = nn.BatchNorm2d(channels, eps=BN_EPS)
+        self.local_conv = nn.Conv2d(channels, 1, 3, padding=1, bias=True)
+        nn.init.constant_(self.local_conv.bias, bias_init)
+        self.global_bn = nn.BatchNorm1d(channels, eps=BN_EPS)
+        self.global_linear = nn.Linear(channels, 1, bias=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        local = self.local_conv(self.local_bn(u)).squeeze(1)  # [B, H, W]
+        glob = self.global_linear(self.global_bn(spatial_mean(u)))  # [B, 1]
+        return local + glob.unsqueeze(-1)
