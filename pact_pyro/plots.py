@@ -1,5 +1,7 @@
 """Figures of the halting posterior, made from the :class:`arviz.InferenceData` of
-:func:`pact_pyro.diagnostics.to_inference_data`. Every function returns a ``matplotlib.figure.Figure``.
+:func:`pact_pyro.diagnostics.to_inference_data`, and of spatial halting (ponder-cost maps: :func:`ponder_map`,
+:func:`plot_ponder_maps`, :func:`plot_class_ponder_maps`, :func:`plot_map_statistics`). Every ``plot_*``
+function returns a ``matplotlib.figure.Figure``.
 
 matplotlib is imported lazily. In a script, select a non-interactive backend first (``pact-pyro report`` uses
 ``Agg``); in a notebook the figures display inline.
@@ -8,7 +10,7 @@ matplotlib is imported lazily. In a script, select a non-interactive backend fir
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from .diagnostics import class_units, import_arviz, predictive_entropy, reliabil
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
+    import torch
     from matplotlib.figure import Figure
 
 __all__ = [
@@ -29,6 +32,10 @@ __all__ = [
     "plot_extreme_examples",
     "read_sweep",
     "plot_tradeoff",
+    "ponder_map",
+    "plot_ponder_maps",
+    "plot_class_ponder_maps",
+    "plot_map_statistics",
 ]
 
 _THR = "#1f77b4"  # thresholded
@@ -332,5 +339,232 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
     ax.grid(alpha=0.3)
     if group or len(df[variant != ""]):
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# -- spatial halting: ponder-cost maps ---------------------------------------------------------------------
+
+
+def ponder_map(maps: Sequence[torch.Tensor], size: int | Sequence[int]) -> torch.Tensor:
+    """SACT's ponder-cost map: the sum over blocks of each block's units map, upsampled (nearest) to ``size``.
+
+    :param maps: per block, the units run at each position, ``[B, H_b, W_b]`` (``ThresholdResult.maps``).
+    :param size: the input resolution ``H`` or ``(H, W)`` (e.g. ``x.shape[-2:]``).
+    :returns: float32 ``[B, H, W]``; with ``L_b`` units in block ``b`` its values lie in
+        ``[blocks, Σ_b L_b]`` (every block runs at least its first unit everywhere).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if len(maps) == 0:
+        raise ValueError("maps must hold at least one block's [B, H, W] units map, got none")
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(hw) != 2:
+        raise ValueError(f"size must be H or (H, W), got {size!r}")
+    total = torch.zeros(maps[0].shape[0], *hw, dtype=torch.float32, device=maps[0].device)
+    for m in maps:
+        if m.dim() != 3 or m.shape[0] != total.shape[0]:
+            raise ValueError(f"every units map must be [{total.shape[0]}, H_b, W_b], got {tuple(m.shape)}")
+        total += F.interpolate(m.detach().unsqueeze(1).float(), size=hw, mode="nearest").squeeze(1)
+    return total
+
+
+def _numpy(t) -> np.ndarray:
+    return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=np.float64)
+
+
+def _display(img) -> np.ndarray:
+    """``[C, H, W]`` (normalised or uint8) → ``[H, W]`` (1 channel) or ``[H, W, 3]``, min-max scaled."""
+    a = _numpy(img)
+    a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else img.mean(-1)
+
+
+def _as_total(maps, size) -> np.ndarray:
+    if isinstance(maps, Sequence) and not hasattr(maps, "shape"):
+        maps = ponder_map(maps, size)
+    return _numpy(maps)
+
+
+def _map_range(total: np.ndarray, units_per_block, vrange, blocks: int | None) -> tuple[float, float]:
+    if vrange is not None:
+        lo, hi = (float(v) for v in vrange)
+    elif units_per_block is not None:
+        lo, hi = float(len(units_per_block)), float(sum(units_per_block))
+    else:
+        lo = float(blocks) if blocks is not None else float(total.min()) if total.size else 0.0
+        hi = float(total.max()) if total.size else lo + 1
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def plot_ponder_maps(
+    images: torch.Tensor,
+    maps: Sequence[torch.Tensor] | torch.Tensor,
+    titles: Sequence[str] | None = None,
+    units_per_block: Sequence[int] | None = None,
+    vrange: tuple[float, float] | None = None,
+    overlay: bool = False,
+    cmap: str = "viridis",
+    suptitle: str | None = None,
+) -> Figure:
+    """A few images (top row) and their ponder-cost maps (bottom row), with a shared colorbar in units.
+
+    :param images: ``[N, C, H, W]`` (normalised floats or uint8; 1 or 3 channels), each min-max scaled for
+        display.
+    :param maps: per block the units maps ``[N, H_b, W_b]`` (summed by :func:`ponder_map` at the images'
+        resolution), or the total map ``[N, H, W]`` itself.
+    :param titles: one per image (e.g. label, prediction and FLOPs).
+    :param units_per_block: ``L_b``: the colour scale spans the possible range ``[blocks, Σ_b L_b]`` (the
+        same in every figure of one model); else ``vrange``, else the data's range.
+    :param overlay: draw the map semi-transparent over the grey image instead of on its own.
+    """
+    plt = _plt()
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("plot_ponder_maps needs at least one image, got 0")
+    total = _as_total(maps, tuple(images.shape[-2:]))
+    if total.shape[0] != n:
+        raise ValueError(f"maps cover {total.shape[0]} images but images has {n}")
+    blocks = len(maps) if isinstance(maps, Sequence) and not hasattr(maps, "shape") else None
+    lo, hi = _map_range(total, units_per_block, vrange, blocks)
+    fig, axes = plt.subplots(2, n, figsize=(1.45 * n + 1.0, 3.5), squeeze=False, constrained_layout=True)
+    im = None
+    for j in range(n):
+        img = _display(images[j])
+        axes[0, j].imshow(img, cmap="gray" if img.ndim == 2 else None)
+        if overlay:
+            axes[1, j].imshow(_gray(img), cmap="gray")
+            im = axes[1, j].imshow(total[j], cmap=cmap, vmin=lo, vmax=hi, alpha=0.6)
+        else:
+            im = axes[1, j].imshow(total[j], cmap=cmap, vmin=lo, vmax=hi)
+        if titles is not None:
+            axes[0, j].set_title(titles[j], fontsize=7)
+        axes[1, j].set_xlabel(f"mean {total[j].mean():.2f}", fontsize=7)
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    axes[1, 0].set_ylabel("ponder map", fontsize=8)
+    cb = fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.9, pad=0.02)
+    cb.set_label("units (Σ over blocks)", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    return fig
+
+
+def plot_class_ponder_maps(
+    maps_total: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+    ncols: int = 5,
+    vrange: tuple[float, float] | None = None,
+    cmap: str = "viridis",
+) -> Figure:
+    """The average ponder-cost map of each class, a grid of small heatmaps on one colour scale.
+
+    :param maps_total: ``[N, H, W]`` ponder-cost maps (:func:`ponder_map`).
+    :param labels: ``[N]`` integer classes (the true labels).
+    :param class_names: names of classes ``0..K-1`` (all of them get a panel, empty ones say so); default the
+        classes present in ``labels``.
+    :param vrange: the colour range (default: the range of the class means).
+    """
+    plt = _plt()
+    total = _as_total(maps_total, None)
+    lab = _numpy(labels).astype(np.int64)
+    if total.ndim != 3 or lab.shape != (total.shape[0],):
+        raise ValueError(f"maps_total must be [N, H, W] and labels [N], got {total.shape} and {lab.shape}")
+    classes = list(range(len(class_names))) if class_names is not None else sorted(np.unique(lab).tolist())
+    means = {c: total[lab == c].mean(0) for c in classes if (lab == c).any()}
+    stacked = np.stack(list(means.values())) if means else np.zeros((1, 1, 1))
+    lo, hi = _map_range(stacked, None, vrange, None)
+    ncols = max(1, min(ncols, len(classes)))
+    nrows = -(-len(classes) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(1.6 * ncols + 0.9, 1.75 * nrows + 0.4), squeeze=False, constrained_layout=True
+    )
+    im = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(classes):
+            ax.axis("off")
+            continue
+        c = classes[i]
+        name = _name(c, class_names)
+        if c not in means:
+            ax.set_title(f"{name} (n=0)", fontsize=8)
+            ax.text(0.5, 0.5, "no images", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            continue
+        im = ax.imshow(means[c], cmap=cmap, vmin=lo, vmax=hi)
+        ax.set_title(f"{name} (n={int((lab == c).sum())})\nmean {means[c].mean():.2f}", fontsize=8)
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        cb.set_label("mean units (Σ over blocks)", fontsize=8)
+    fig.suptitle("average ponder-cost map per class", fontsize=9)
+    return fig
+
+
+def plot_map_statistics(
+    map_std: torch.Tensor | Mapping[str, torch.Tensor],
+    correlation: torch.Tensor | Mapping[str, torch.Tensor],
+    bins: int = 20,
+) -> Figure:
+    """Histograms: per block, the per-image standard deviation of the units map over positions; last panel,
+    the per-image rank correlation between ponder-cost map and saliency.
+
+    :param map_std: ``[N, blocks]`` (:func:`pact_pyro.saliency.units_map_std`), or
+        ``{model name: [N, blocks]}`` to overlay several models.
+    :param correlation: ``[N]`` (:func:`pact_pyro.saliency.map_saliency_correlation`; NaN entries, uniform
+        maps, are left out and counted), or ``{model name: [N]}`` with the same names.
+    """
+    plt = _plt()
+    stds = {k: _numpy(v) for k, v in (map_std.items() if isinstance(map_std, Mapping) else [("", map_std)])}
+    cors = {
+        k: _numpy(v)
+        for k, v in (correlation.items() if isinstance(correlation, Mapping) else [("", correlation)])
+    }
+    if set(stds) != set(cors):
+        raise ValueError(
+            f"map_std and correlation must name the same models, got {list(stds)} and {list(cors)}"
+        )
+    if any(s.ndim != 2 for s in stds.values()):
+        raise ValueError(f"map_std must be [N, blocks], got shapes {[s.shape for s in stds.values()]}")
+    blocks = max(s.shape[1] for s in stds.values())
+    several = len(stds) > 1
+    kind = "step" if several else "bar"
+    fig, axes = plt.subplots(1, blocks + 1, figsize=(3.0 * (blocks + 1), 2.9), squeeze=False)
+    top = max((float(s.max()) for s in stds.values() if s.size), default=0.0)
+    edges = np.linspace(0.0, max(top, 1e-3) * 1.0001, bins + 1)
+    for i, name in enumerate(stds):
+        s, r = stds[name], cors[name]
+        for b in range(s.shape[1]):
+            uniform = f"{int((s[:, b] == 0).sum())}/{len(s)}"
+            label = f"{name}: {uniform} uniform" if several else None
+            axes[0, b].hist(s[:, b], bins=edges, histtype=kind, color=f"C{i}", lw=1.5, label=label)
+            title = f"block {b + 1}" if several else f"block {b + 1}: {uniform} images uniform"
+            axes[0, b].set_title(title, fontsize=9)
+        ok = r[np.isfinite(r)]
+        mean = f"{ok.mean():.2f}" if ok.size else "n/a"
+        label = f"{name}: mean {mean} ({ok.size}/{len(r)})" if several else None
+        axes[0, -1].hist(
+            ok, bins=np.linspace(-1, 1, bins + 1), histtype=kind, color=f"C{i}", lw=1.5, label=label
+        )
+        title = (
+            "map–saliency correlation" if several else f"mean {mean} over {ok.size}/{len(r)} non-uniform maps"
+        )
+        axes[0, -1].set_title(title, fontsize=9)
+    for b in range(blocks):
+        axes[0, b].set_xlabel(f"std of block {b + 1}'s units map over positions", fontsize=8)
+    axes[0, 0].set_ylabel("images")
+    axes[0, -1].set_xlabel("Spearman(ponder map, gradient saliency)", fontsize=8)
+    axes[0, -1].set_xlim(-1, 1)
+    if several:
+        for ax in axes[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

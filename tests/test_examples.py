@@ -31,6 +31,7 @@ NOTEBOOKS = [
     "03_diagnostics_arviz.ipynb",
     "04_cifar_pact_act_plain.ipynb",
     "05_parity_lstm.ipynb",
+    "06_spatial_ponder_maps.ipynb",
 ]
 
 # script -> smoke flags ("{tmp}" becomes a temporary directory)
@@ -194,6 +195,8 @@ STAGED_PRESET = {
         "head_lr_mult": 10.0,
         "pact": {"depth": 14, "taus": [0.05], "extra_seeds": {"0.05": [1]}},
         "act": {"depth": 14, "taus": [0.05]},
+        "spatial-pact": {"depth": 14, "taus": [0.05]},
+        "sact": {"depth": 14, "taus": [0.05]},
         "variants": [{"name": "relaxed", "method": "pact", "tau": 0.05, "guide": "relaxed"}],
     },
     "scratch": {"act": {"depth": 14, "taus": [0.1]}},
@@ -212,7 +215,8 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     names = [n for n, _ in S.plan(STAGED_PRESET)]
     assert names == [
         "plain_d14_s0", "plain_d8_s0", "ft_pact_d14_tau0.05_s0", "ft_act_d14_tau0.05_s0",
-        "ft_pact_d14_tau0.05_relaxed_s0", "ft_pact_d14_tau0.05_s1", "act_d14_tau0.1_s0",
+        "ft_spatial-pact_d14_tau0.05_s0", "ft_sact_d14_tau0.05_s0", "ft_pact_d14_tau0.05_relaxed_s0",
+        "ft_pact_d14_tau0.05_s1", "act_d14_tau0.1_s0",
     ]  # fmt: skip
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps(STAGED_PRESET))
@@ -229,8 +233,12 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     with open(tmp_path / "res" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == names
-    assert [r["stage"] for r in rows] == ["", "", "finetune", "finetune", "finetune", "finetune", "scratch"]
+    assert [r["stage"] for r in rows] == ["", ""] + ["finetune"] * 6 + ["scratch"]
     assert all(r["commit"] and 0 <= float(r["error_auroc_units"] or 0.5) <= 1 for r in rows)
+    for r in rows:  # spatial rows: the per-image spread of the units maps and the uniform-map count
+        spatial = r["method"] in ("spatial-pact", "sact")
+        assert (r["map_std"] != "") == spatial and (r["uniform_maps"] != "") == spatial, r
+        assert not spatial or (float(r["map_std"]) >= 0 and 0 <= int(r["uniform_maps"]) <= int(r["examples"]))
     shutil.rmtree(tmp_path / "runs")  # a fresh clone: the CSV and the source file are in the repository
     capsys.readouterr()
     assert S.main(args) == 0
@@ -244,7 +252,7 @@ def test_sweep_stages_sources_and_resume_from_csv(tiny_root, tmp_path, capsys):
     trained = [
         line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines() if "training (" in line
     ]
-    assert trained == ["plain_d14_s0", "plain_d8_s0", *names[2:6]], trained
+    assert trained == ["plain_d14_s0", "plain_d8_s0", *names[2:8]], trained
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (EXAMPLES / "configs").glob("*.json")))
