@@ -1,4 +1,4 @@
-"""Wall-clock of PACT thresholding with real early exit against the full network, at batch 1 and batch 256.
+"""Wall-clock of PACT thresholding with real early exit against the full network, at batch sizes 1 to 256.
 
 Sides, interleaved in one process, both under ``torch.no_grad`` with eval-mode BatchNorm:
 
@@ -13,12 +13,17 @@ train``) is loaded and evaluated on that many test images; otherwise the randoml
 its halting biases set (``calibrate_heads``) so that at each head 35% of the still-running examples halt:
 about half the units run, and which ones depends on the input.
 
-Reported per batch size: wall-clock speedup ``t_full / t_threshold`` (ratio of medians, plus the per-round
-spread), FLOP speedup ``FLOPs_full / mean FLOPs_threshold`` (SACT counting, heads included on the PACT side)
-and their quotient (goal >= 0.85). Batch 1: one timed repetition evaluates ``--images`` single images one at a
-time (the same images for both sides); batch B: one call on B images.
+Batch sizes 1, 2, 4, …, 256 in one run (``--batch``). One timed repetition at batch ``B`` evaluates
+``max(B, --images)`` images as consecutive batches of ``B`` (the same images for both sides), so small batches
+see many halting patterns. Each side runs in each memory format of ``--formats`` (NCHW, channels-last NHWC).
 
-Usage: ``python benchmarks/inference.py --threads 2 --reps 20 [--checkpoint RUN_DIR]``
+Reported per batch size: wall-clock speedup ``t_full / t_threshold`` with each side at its faster format
+(ratio of medians, plus the per-round spread), FLOP speedup ``FLOPs_full / mean FLOPs_threshold`` (SACT
+counting, heads included on the PACT side) and their quotient (goal >= 0.85 at every batch size); the
+same-format quotients under ``per_format``; a table on stderr. ``--compile`` compiles every unit's residual
+branch (``ResNetBackbone.compile_units(dynamic=True)``) for both sides.
+
+Usage: ``python benchmarks/inference.py --threads 2 --reps 20 [--checkpoint RUN_DIR] [--compile]``
 """
 
 from __future__ import annotations
@@ -62,42 +67,76 @@ def build(args):
     return model, guide, images
 
 
+FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+
+
+def _best(times: dict[str, list[float]], prefix: str, formats) -> tuple[str, list[float]]:
+    """The memory format whose ``prefix`` side has the lower median, and its times."""
+    fmt = min(formats, key=lambda f: sorted(times[f"{prefix}_{f}"])[len(times[f"{prefix}_{f}"]) // 2])
+    return fmt, times[f"{prefix}_{fmt}"]
+
+
 def measure(
-    model, guide, xs: list[torch.Tensor], table: FlopTable, reps: int, warmup: int, chunk: int | None = None
+    model,
+    guide,
+    xs: list[torch.Tensor],
+    table: FlopTable,
+    reps: int,
+    warmup: int,
+    chunk: int | None = None,
+    formats: tuple[str, ...] = ("nchw", "nhwc"),
 ) -> dict:
-    """Time ``full`` vs ``threshold`` over the list of inputs ``xs`` (one repetition = every input once);
-    with ``chunk``, also ``threshold(..., chunk_size=chunk)`` against the full network run in chunks of the
-    same size (sides ``threshold_chunked``, ``full_chunked``)."""
+    """Time ``full`` vs ``threshold`` over the list of inputs ``xs`` (one repetition = every input once), in
+    every memory format of ``formats`` (sides ``full_<fmt>``, ``threshold_<fmt>``). The headline compares
+    each side at its own best format (``wall_speedup``, ``quotient``); ``per_format`` has the same-format
+    ratios. With ``chunk``, also ``threshold(..., chunk_size=chunk)`` against the full network run in chunks
+    of the same size, in the first format (sides ``threshold_chunked``, ``full_chunked``)."""
     net = model.backbone
+    inputs = {f: [x.contiguous(memory_format=FORMATS[f]) for x in xs] for f in formats}
 
     @torch.no_grad()
-    def full(c=None):
-        for x in xs:
+    def full(xs_f, c=None):
+        for x in xs_f:
             if c is None:
                 net(x)
             else:  # the plain network in chunks of c examples (CPU caches favour it as they favour PACT's)
                 for i in range(0, x.shape[0], c):
                     net(x[i : i + c])
 
-    def thr(c=None):
-        for x in xs:
+    def thr(xs_f, c=None):
+        for x in xs_f:
             threshold(model, guide, x, flop_table=table, chunk_size=c)
 
     net.eval()
     guide.eval()
     cpu: dict = {}
-    sides = {"full": full, "threshold": thr}
+    sides = {}
+    for f in formats:
+        sides[f"full_{f}"] = lambda f=f: full(inputs[f])
+        sides[f"threshold_{f}"] = lambda f=f: thr(inputs[f])
     if chunk is not None:
-        sides["full_chunked"] = lambda: full(chunk)
-        sides["threshold_chunked"] = lambda: thr(chunk)
+        sides["full_chunked"] = lambda: full(inputs[formats[0]], chunk)
+        sides["threshold_chunked"] = lambda: thr(inputs[formats[0]], chunk)
     times = interleaved(sides, reps, warmup, cpu)
-    flops = torch.cat([threshold(model, guide, x, flop_table=table).flops for x in xs]).double()
-    units = torch.cat([threshold(model, guide, x, flop_table=table).units for x in xs]).double()
+    results = [threshold(model, guide, x, flop_table=table) for x in xs]
+    flops = torch.cat([r.flops for r in results]).double()
+    units = torch.cat([r.units for r in results]).double()
     full_flops = table.stem + table.classifier + sum(map(sum, table.units))
-    wall = ratio_stats(times["full"], times["threshold"])  # t_full / t_threshold
     flop_speedup = full_flops / float(flops.mean())
+    per_format = {}
+    for f in formats:
+        w = ratio_stats(times[f"full_{f}"], times[f"threshold_{f}"])
+        per_format[f] = {
+            "wall_speedup": w["ratio_of_medians"],
+            "quotient": round(w["ratio_of_medians"] / flop_speedup, 4),
+            "quotient_per_round": round(w["per_round_ratio_median"] / flop_speedup, 4),
+        }
+    full_fmt, full_t = _best(times, "full", formats)
+    thr_fmt, thr_t = _best(times, "threshold", formats)
+    wall = ratio_stats(full_t, thr_t)  # t_full / t_threshold, each at its best format
     record = {
         "sides": {k: side_stats(v) for k, v in times.items()},
+        "best_format": {"full": full_fmt, "threshold": thr_fmt},
         "wall_speedup": wall["ratio_of_medians"],
         "wall_speedup_per_round": {k: v for k, v in wall.items() if k != "ratio_of_medians"},
         "flop_speedup": round(flop_speedup, 4),
@@ -105,7 +144,10 @@ def measure(
         # the same from the per-round ratios: robust when the host changes speed mid-run (seen here: the full
         # network at batch 1 switching between ~70 and ~115 ms per repetition within one run)
         "quotient_per_round": round(wall["per_round_ratio_median"] / flop_speedup, 4),
-        "cpu_time_speedup": ratio_stats(cpu["full"], cpu["threshold"])["ratio_of_medians"],
+        "per_format": per_format,
+        "cpu_time_speedup": ratio_stats(cpu[f"full_{full_fmt}"], cpu[f"threshold_{thr_fmt}"])[
+            "ratio_of_medians"
+        ],
         "mean_units_per_block": [round(float(v), 3) for v in units.mean(0)],
         "flops_full": full_flops,
         "flops_threshold_mean": round(float(flops.mean()), 1),
@@ -120,8 +162,25 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, default=32)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--batch", type=int, nargs="+", default=[256], help="batch sizes besides 1 (always)")
-    p.add_argument("--images", type=int, default=32, help="single images per timed repetition at batch 1")
+    p.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8, 16, 32, 64, 128, 256],
+        help="batch sizes besides 1 (always)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=64,
+        help="images per timed repetition at smaller batch sizes (IMAGES / B calls of batch B)",
+    )
+    p.add_argument("--formats", nargs="+", default=["nchw", "nhwc"], choices=sorted(FORMATS))
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every unit's residual branch (dynamic shapes) for both sides",
+    )
     p.add_argument("--hazard", type=float, default=0.35, help="fraction of running examples halting per head")
     p.add_argument(
         "--checkpoint", default=None, help="a pact-pyro run directory (instead of calibrated heads)"
@@ -135,7 +194,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes (depth 14, 16x16, batch 8, 2 reps)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.depth, args.size, args.batch, args.images, args.reps, args.warmup = 14, 16, [8], 4, 2, 1
+        args.depth, args.size, args.batch, args.images, args.reps, args.warmup = 14, 16, [2, 8], 4, 2, 1
         args.chunk = 3
     return args
 
@@ -144,18 +203,31 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     setup(args.threads)
     model, guide, images = build(args)
+    if args.compile:
+        model.backbone.compile_units(dynamic=True)
     table = FlopTable.for_model(model, tuple(images.shape[1:]), guide)
-    record = {"benchmark": "inference", "goal": "quotient >= 0.85 at batch 1 and 256"}
-    singles = [images[i : i + 1] for i in range(args.images)]
-    record["batch_1"] = measure(model, guide, singles, table, args.reps, args.warmup)
-    for B in args.batch:  # the chunked sides at the largest batch only
-        chunk = (args.chunk or None) if B == max(args.batch) else None
-        record[f"batch_{B}"] = measure(model, guide, [images[:B]], table, args.reps, args.warmup, chunk)
+    record = {"benchmark": "inference", "goal": "quotient >= 0.85 at every batch size"}
+    formats = tuple(args.formats)
+    rows = []
+    for B in [1, *args.batch]:  # the chunked sides at the largest batch only
+        chunk = (args.chunk or None) if B == max(args.batch) and B > 1 else None
+        n = max(B, args.images)
+        xs = [images[i : i + B] for i in range(0, n - B + 1, B)]
+        m = measure(model, guide, xs, table, args.reps, args.warmup, chunk, formats)
+        record[f"batch_{B}"] = m
+        rows.append(
+            f"{B:>5} {m['flop_speedup']:>6.2f} {m['wall_speedup']:>6.2f} {m['quotient']:>6.3f} "
+            + " ".join(f"{m['per_format'][f]['quotient']:>6.3f}" for f in formats)
+            + f"  {m['best_format']['full']}/{m['best_format']['threshold']}"
+        )
     record["settings"] = {
         k: getattr(args, k)
         for k in ("depth", "size", "batch", "images", "hazard", "checkpoint", "reps", "chunk", "smoke")
     }
+    record["settings"].update(formats=list(formats), compile=args.compile)
     record["env"] = environment(args.threads)
+    head = "batch  FLOP×  wall×  quot. " + " ".join(f"{f:>6}" for f in formats) + "  best full/threshold"
+    print(head + "\n" + "\n".join(rows), file=sys.stderr)
     emit(record)
     return record
 

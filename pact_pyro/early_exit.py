@@ -41,6 +41,29 @@ def _identity_residual(unit: torch.nn.Module) -> bool:
     return isinstance(unit, PreActUnit) and unit.stride == 1 and unit.c_in == unit.c_out
 
 
+def _flat_rows(u: torch.Tensor) -> torch.Tensor | None:
+    """``u``'s storage as one flat view, example after example (``None`` unless ``u`` is contiguous in the
+    NCHW or the channels-last layout)."""
+    if u.is_contiguous():
+        return u.view(-1)
+    if u.dim() == 4 and u.is_contiguous(memory_format=torch.channels_last):
+        return u.permute(0, 2, 3, 1).reshape(-1)  # a view: NHWC is the storage order
+    return None
+
+
+def _same_layout(u: torch.Tensor, t: torch.Tensor) -> bool:
+    nhwc = u.dim() == 4 and not u.is_contiguous()
+    return t.is_contiguous(memory_format=torch.channels_last) if nhwc else t.is_contiguous()
+
+
+def _rows_like(flat: torch.Tensor, t: torch.Tensor, B: int) -> torch.Tensor:
+    """``flat`` viewed as ``B`` rows shaped and laid out like the rows of ``t`` (NCHW or channels-last)."""
+    if t.dim() == 4 and not t.is_contiguous():  # channels-last: storage order N, H, W, C
+        _, C, H, W = t.shape
+        return flat.view(B, H, W, C).permute(0, 3, 1, 2)
+    return flat.view((B,) + t.shape[1:])
+
+
 class RunningRows:
     """The batch state of an early-exit evaluation (see the module docstring).
 
@@ -83,9 +106,10 @@ class RunningRows:
         first = fn(u[i:j])
         shape = (self.B,) + first.shape[1:]
         row_in, row_out = u[0].numel(), first[0].numel()
-        if reuse and u.is_contiguous() and first.dtype == u.dtype and row_out <= row_in:
+        flat = _flat_rows(u) if reuse and first.dtype == u.dtype and row_out <= row_in else None
+        if flat is not None and _same_layout(u, first):
             # output row r fills elements [r*row_out, (r+1)*row_out), before (r+1)*row_in: rows already read
-            out = u.view(-1)[: self.B * row_out].view(shape)
+            out = _rows_like(flat[: self.B * row_out], first, self.B)
         else:
             out = first.new_empty(shape)
         out[i:j] = first

@@ -42,14 +42,16 @@ def test_train_step_smoke(capsys):
 
 def test_inference_smoke(capsys):
     r = _run("inference", capsys)
-    for key in ("batch_1", "batch_8"):
+    for key in ("batch_1", "batch_2", "batch_8"):
         m = r[key]
         assert m["flop_speedup"] >= 1.0  # heads calibrated: some units are skipped
         assert m["quotient"] == pytest.approx(m["wall_speedup"] / m["flop_speedup"], rel=1e-3)
         q = m["wall_speedup_per_round"]["per_round_ratio_median"] / m["flop_speedup"]
         assert m["quotient_per_round"] == pytest.approx(q, rel=1e-3)
         assert m["flops_threshold_mean"] <= m["flops_full"] * 1.01
-    assert set(r["batch_8"]["sides"]) == {"full", "threshold", "full_chunked", "threshold_chunked"}
+        assert set(m["per_format"]) == {"nchw", "nhwc"}
+    sides = {f"{s}_{f}" for s in ("full", "threshold") for f in ("nchw", "nhwc")}
+    assert set(r["batch_8"]["sides"]) == sides | {"full_chunked", "threshold_chunked"}
     assert r["batch_8"]["chunked"]["chunk_size"] == 3
 
 
