@@ -66,3 +66,11 @@ def test_memory_smoke(capsys):
     c = r["batch_8_chunk_2"]  # at most 2 of the 8 examples per unit call: below the unchunked peaks
     assert c["chunk_size"] == 2 and c["peak_mib"]["pact"] < m["peak_mib"]["pact"]
     assert c["peak_mib"]["pact"] < c["peak_mib"]["act"]
+
+
+def test_conv_rows_smoke(capsys):
+    r = _run("conv_rows", capsys)
+    for unit in ("block1", "block3"):
+        table = r["units"][unit]["by_format_and_rows"]
+        assert set(table) == {f"{f}_{k}" for f in ("nchw", "nhwc") for k in (1, 2)}
+        assert all(v["us_per_example"] > 0 and v["gflops"] > 0 for v in table.values())

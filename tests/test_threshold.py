@@ -245,6 +245,23 @@ def test_chunked_evaluation_equals_the_whole_batch(seed, chunk_size):
     assert len(act_ref.units[:, 0].unique()) > 1  # ACT halts at mixed units too
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1, 5])
+@pytest.mark.parametrize("batch", [1, 3, 24])
+def test_channels_last_input_gives_the_same_evaluation(chunk_size, batch):
+    """A channels-last (NHWC) input runs every unit in that layout, chunked or not (a stride-2 unit's output
+    then reuses its input's NHWC storage): the same decisions and logits as NCHW (float64, 1e-10)."""
+    model, guide = _net(seed=3)
+    gen = torch.Generator().manual_seed(300)
+    x = torch.randn(batch, 3, SIZE, SIZE, generator=gen, dtype=torch.float64)
+    ref = threshold(model, guide, x)
+    res = threshold(model, guide, x.contiguous(memory_format=torch.channels_last), chunk_size=chunk_size)
+    assert torch.equal(res.units, ref.units) and torch.equal(res.flops, ref.flops)
+    torch.testing.assert_close(res.logits, ref.logits, rtol=0, atol=1e-10)
+    masked, units = evaluate_masked(model, guide, x)
+    assert torch.equal(units, res.units)
+    torch.testing.assert_close(res.logits, masked, rtol=0, atol=1e-10)
+
+
 def test_chunked_thresholding_needs_about_one_state_and_act_two():
     """With ``chunk_size = c`` a PACT evaluation peaks at one block-1 state plus the transients of ``c``
     examples (the stride-2 units write into the front of their input's storage); ACT, with the same
