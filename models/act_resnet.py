@@ -96,19 +96,23 @@ class ACTResNet(_NoLatentModel):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             u = net.stem(x)
             for b, block in enumerate(net.blocks):
-                states, hs = [], []
-                for l, unit in enumerate(block):
-                    u = unit(u)
-                    states.append(u)
-                    if l < len(block) - 1:
-                        hs.append(torch.sigmoid(self.heads[b][l](u)))
-                h = torch.stack(hs, -1) if hs else u.new_zeros(u.shape[0], 0)
-                r = act_halting(h, self.eps)
-                u = torch.einsum("bl,blchw->bchw", r.weights, torch.stack(states, 1))
-                pyro.deterministic(units_site(b), r.units.to(u.dtype))
-                pyro.factor(ponder_site(b), -self.tau * self.prior_weight * r.ponder_cost)
+                u = self._block(b, block, u)
             logits = net.classifier(u)
             return pyro.sample(OBS_SITE, dist.Categorical(logits=logits), obs=y)
+
+    def _block(self, b: int, block: nn.ModuleList, u: torch.Tensor) -> torch.Tensor:
+        states, hs = [], []
+        for l, unit in enumerate(block):
+            u = unit(u)
+            states.append(u)
+            if l < len(block) - 1:
+                hs.append(torch.sigmoid(self.heads[b][l](u)))
+        h = torch.stack(hs, -1) if hs else u.new_zeros(u.shape[0], 0)
+        r = act_halting(h, self.eps)
+        u = torch.einsum("bl,blchw->bchw", r.weights, torch.stack(states, 1))
+        pyro.deterministic(units_site(b), r.units.to(u.dtype))
+        pyro.factor(ponder_site(b), -self.tau * self.prior_weight * r.ponder_cost)
+        return u
 
     def evaluate_batch(
         self,

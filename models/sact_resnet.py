@@ -13,14 +13,13 @@ as SACT does (``τ`` on the scale of SACT's and of spatial PACT's per-position p
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
 from pact_pyro.flops import FlopTable
 from pact_pyro.halting import ACT_EPS, act_halting
 from pact_pyro.nn import ResNetBackbone, SpatialHaltingHead, resnet_units_per_block
-from pact_pyro.sites import DATA_PLATE, OBS_SITE, units_map_site, units_site
+from pact_pyro.sites import units_map_site, units_site
 from pact_pyro.spatial_evaluate import sact_evaluate
 from pact_pyro.threshold import ThresholdResult
 
@@ -42,18 +41,6 @@ class SACTResNet(ACTResNet):
 
     spatial_halting = True
     head_type = SpatialHaltingHead
-
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, C, H, W]``, ``y`` ``[B]`` or ``None``; returns ``y``."""
-        self.backbone.check_data(x, y)
-        pyro.module(self.pyro_id, self)
-        net = self.backbone
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            u = net.stem(x)
-            for b, block in enumerate(net.blocks):
-                u = self._block(b, block, u)
-            logits = net.classifier(u)
-            return pyro.sample(OBS_SITE, dist.Categorical(logits=logits), obs=y)
 
     def _block(self, b: int, block: nn.ModuleList, u: torch.Tensor) -> torch.Tensor:
         L = len(block)

@@ -58,6 +58,18 @@ def _last_metrics(run: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+def _last_log(metrics: dict | None) -> list[tuple[str, str]]:
+    """The report's "last training log" fact (step, loss, units), or nothing without metrics."""
+    if not metrics:
+        return []
+    shown = (
+        f"{k} {_fmt(v) if not isinstance(v, list) else [round(x, 2) for x in v]}"
+        for k, v in metrics.items()
+        if k in ("step", "loss", "units")
+    )
+    return [("last training log", ", ".join(shown))]
+
+
 def write_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -191,17 +203,7 @@ def write_report(
         ("log predictive density", f"{pred['lpd']:.4f} nats/example"),
         ("expected calibration error", f"{pred['ece']:.4f}"),
     ]
-    if metrics:
-        facts.append(
-            (
-                "last training log",
-                ", ".join(
-                    f"{k} {_fmt(v) if not isinstance(v, list) else [round(x, 2) for x in v]}"
-                    for k, v in metrics.items()
-                    if k in ("step", "loss", "units")
-                ),
-            )
-        )
+    facts += _last_log(metrics)
     _write_markdown(out, run, settings, verdict, facts, table, summary, figures, sweep_note)
     _write_html(out, run, settings, verdict, facts, table, summary, figures, sweep_note)
     return out
@@ -503,17 +505,7 @@ def _spatial_report(run, out, model, guide, cfg, data, subset, ids, num_samples,
             "non-uniform ponder map",
         ),
     ]
-    if metrics:
-        facts.append(
-            (
-                "last training log",
-                ", ".join(
-                    f"{k} {_fmt(v) if not isinstance(v, list) else [round(x, 2) for x in v]}"
-                    for k, v in metrics.items()
-                    if k in ("step", "loss", "units")
-                ),
-            )
-        )
+    facts += _last_log(metrics)
     notes = [
         "Saliency: the L2 norm over channels of the gradient of the predicted class's logit with respect "
         "to the input, computed with the full network (every unit, eval mode); the correlation is "

@@ -30,7 +30,7 @@ from .early_exit import check_chunk_size
 from .flops import FlopTable
 from .halting import ACT_EPS, _check_eps
 from .spatial_sparse import masked_residual_, sparse_residual_
-from .threshold import ThresholdResult, _check_mode, _logit_threshold
+from .threshold import ThresholdResult, _check_mode, _decide
 
 __all__ = ["spatial_threshold", "sact_evaluate", "spatial_flops"]
 
@@ -78,13 +78,6 @@ def spatial_flops(
     return total
 
 
-def _decide(logits, threshold, mode, generator):
-    if mode == "threshold":
-        return logits >= _logit_threshold(threshold, logits.dtype)
-    h = torch.sigmoid(logits)
-    return torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype) < h
-
-
 def _chunks(x: torch.Tensor, chunk_size: int | None):
     c = x.shape[0] if chunk_size is None else chunk_size
     return [x[i : i + c] for i in range(0, x.shape[0], c)]
@@ -93,6 +86,35 @@ def _chunks(x: torch.Tensor, chunk_size: int | None):
 def _result(backbone, heads, logits, maps, table) -> ThresholdResult:
     units = torch.stack([m.flatten(1).double().mean(1) for m in maps], -1)
     return ThresholdResult(logits, units, spatial_flops(backbone, heads, maps, table), maps)
+
+
+def _run_blocks(backbone, modules, x: torch.Tensor, chunk_size: int | None, run_block):
+    """Stem, ``u, N = run_block(b, block, u)`` per block, classifier, ``chunk_size`` examples at a time, with
+    ``modules`` in eval mode (restored after). Returns ``(logits [B, K], maps)``, ``maps[b]`` int64
+    ``[B, H_b, W_b]``."""
+    was = _eval_mode(modules)
+    try:
+        logits, maps = [], []
+        for xc in _chunks(x, chunk_size):
+            u = backbone.stem(xc)
+            maps_c = []
+            for b, block in enumerate(backbone.blocks):
+                u, n = run_block(b, block, u)
+                maps_c.append(n)
+            logits.append(backbone.classifier(u))
+            maps.append(maps_c)
+    finally:
+        for m, w in zip(modules, was, strict=True):
+            m.train(w)
+    return torch.cat(logits), [torch.cat(ms) for ms in zip(*maps, strict=True)]
+
+
+def _start_block(block, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit 1 everywhere; ``N = L`` and every position running until decided otherwise."""
+    u = block[0](u)
+    shape = (u.shape[0], *u.shape[2:])
+    n = torch.full(shape, len(block), dtype=torch.int64, device=u.device)
+    return u, n, torch.ones(shape, dtype=torch.bool, device=u.device)
 
 
 @torch.no_grad()
@@ -119,34 +141,21 @@ def spatial_threshold(
     net = model.backbone
     net.check_input(x)
     residual_ = _residual_fn(sparse)
-    modules = [net, guide]
-    was = _eval_mode(modules)
-    try:
-        logits, maps = [], []
-        for xc in _chunks(x, chunk_size):
-            u = net.stem(xc)
-            maps_c = []
-            for b, block in enumerate(net.blocks):
-                u = block[0](u)
-                L = len(block)
-                n = torch.full((u.shape[0], *u.shape[2:]), L, dtype=torch.int64, device=u.device)
-                running = torch.ones(n.shape, dtype=torch.bool, device=u.device)
-                for l in range(1, L):
-                    stop = running & _decide(guide.halting_logits(b, l - 1, u), threshold, mode, generator)
-                    n[stop] = l
-                    running &= ~stop
-                    if not bool(running.any()):
-                        break
-                    residual_(block[l], u, running)
-                maps_c.append(n)
-            logits.append(net.classifier(u))
-            maps.append(maps_c)
-    finally:
-        for m, w in zip(modules, was, strict=True):
-            m.train(w)
-    maps = [torch.cat(ms) for ms in zip(*maps, strict=True)]
+
+    def run_block(b, block, u):
+        u, n, running = _start_block(block, u)
+        for l in range(1, len(block)):
+            stop = running & _decide(guide.halting_logits(b, l - 1, u), threshold, mode, generator)
+            n[stop] = l
+            running &= ~stop
+            if not bool(running.any()):
+                break
+            residual_(block[l], u, running)  # frozen where halted
+        return u, n
+
+    logits, maps = _run_blocks(net, [net, guide], x, chunk_size, run_block)
     table = flop_table or FlopTable.for_model(model, x.shape[1:], guide)
-    return _result(net, guide.heads, torch.cat(logits), maps, table)
+    return _result(net, guide.heads, logits, maps, table)
 
 
 @torch.no_grad()
@@ -171,42 +180,29 @@ def sact_evaluate(
     check_chunk_size(chunk_size)
     backbone.check_input(x)
     residual_ = _residual_fn(sparse)
-    modules = [backbone, *(h for hb in heads for h in hb)]
-    was = _eval_mode(modules)
     thresh = torch.tensor(1.0 - eps, dtype=torch.float32)
-    try:
-        logits, maps = [], []
-        for xc in _chunks(x, chunk_size):
-            u = backbone.stem(xc)
-            maps_c = []
-            for b, block in enumerate(backbone.blocks):
-                u = block[0](u)
-                L = len(block)
-                shape = (u.shape[0], *u.shape[2:])
-                n = torch.full(shape, L, dtype=torch.int64, device=u.device)
-                s = torch.zeros(shape, dtype=torch.float32, device=u.device)  # S_{l-1}
-                running = torch.ones(shape, dtype=torch.bool, device=u.device)
-                acc = torch.zeros_like(u)
-                for l in range(1, L + 1):
-                    if l > 1:
-                        residual_(block[l - 1], u, running)
-                    h = torch.sigmoid(heads[b][l - 1](u)) if l < L else torch.ones_like(s, dtype=u.dtype)
-                    s_new = s + h.to(torch.float32)
-                    stop = running & (s_new >= thresh) if l < L else running
-                    w = torch.where(stop, (1.0 - s).to(u.dtype), h) * running.to(u.dtype)
-                    acc.add_(u * w.unsqueeze(1))
-                    n[stop] = l
-                    s = torch.where(running, s_new, s)
-                    running &= ~stop
-                    if not bool(running.any()):
-                        break
-                u = acc
-                maps_c.append(n)
-            logits.append(backbone.classifier(u))
-            maps.append(maps_c)
-    finally:
-        for m, w in zip(modules, was, strict=True):
-            m.train(w)
-    maps = [torch.cat(ms) for ms in zip(*maps, strict=True)]
+
+    def run_block(b, block, u):
+        u, n, running = _start_block(block, u)
+        L = len(block)
+        s = torch.zeros(n.shape, dtype=torch.float32, device=u.device)  # S_{l-1}
+        acc = torch.zeros_like(u)  # Σ_l p^l ũ^l: the accumulator PACT does not need
+        for l in range(1, L + 1):
+            if l > 1:
+                residual_(block[l - 1], u, running)
+            h = torch.sigmoid(heads[b][l - 1](u)) if l < L else torch.ones_like(s, dtype=u.dtype)
+            s_new = s + h.to(torch.float32)
+            stop = running & (s_new >= thresh) if l < L else running
+            w = torch.where(stop, (1.0 - s).to(u.dtype), h) * running.to(u.dtype)
+            acc.add_(u * w.unsqueeze(1))
+            n[stop] = l
+            s = torch.where(running, s_new, s)
+            running &= ~stop
+            if not bool(running.any()):
+                break
+        return acc, n
+
+    modules = [backbone, *(h for hb in heads for h in hb)]
+    logits, maps = _run_blocks(backbone, modules, x, chunk_size, run_block)
     table = flop_table or FlopTable.measure(backbone, x.shape[1:], heads)
-    return _result(backbone, heads, torch.cat(logits), maps, table)
+    return _result(backbone, heads, logits, maps, table)
