@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FolderData", "folder_transforms", "count_classes", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["FolderData", "folder_transforms", "count_classes", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 #: ImageNet's channel mean (torchvision's pretrained weights expect it)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +37,20 @@ def folder_transforms(image_size: int, train: bool):
     if train:
         return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
     return T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), *norm])
+
+
+def load_image(path: str):
+    """The RGB image at ``path`` (PIL), decoded in full; a file that cannot be decoded (corrupt, truncated,
+    not an image) raises ``ValueError`` naming it, also from inside a ``DataLoader`` worker."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ValueError(
+            f"image file {str(path)!r} could not be decoded ({type(e).__name__}: {e}); remove or replace it"
+        ) from None
 
 
 def _split_dir(root: str | os.PathLike, split: str) -> Path:
@@ -73,7 +87,9 @@ class FolderData:
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         self.dataset = ImageFolder(
-            str(_split_dir(root, split)), transform=folder_transforms(image_size, split == "train")
+            str(_split_dir(root, split)),
+            transform=folder_transforms(image_size, split == "train"),
+            loader=load_image,
         )
         self.indices = torch.arange(len(self.dataset))
         self.labels = torch.tensor(self.dataset.targets, dtype=torch.int64)

@@ -74,3 +74,11 @@ def test_conv_rows_smoke(capsys):
         table = r["units"][unit]["by_format_and_rows"]
         assert set(table) == {f"{f}_{k}" for f in ("nchw", "nhwc") for k in (1, 2)}
         assert all(v["us_per_example"] > 0 and v["gflops"] > 0 for v in table.values())
+
+
+def test_imagefolder_smoke(capsys):
+    if not (_load("imagefolder").DEFAULT_CIFAR / "train").is_dir():
+        pytest.skip("CIFAR-10 JPEGs not available")
+    r = _run("imagefolder", capsys)
+    assert set(r["images_per_s"]) == {"workers_0", "workers_1"}
+    assert all(v > 0 for rates in r["images_per_s"].values() for v in rates.values())
