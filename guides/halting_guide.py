@@ -100,10 +100,7 @@ class HaltingGuide(GuideMessenger, PyroModule, metaclass=_GuideMeta):
             return self.posterior(logits).to_event(logits.dim() - 2)
         pyro.module(f"{self.pyro_id}_{b}", self.heads[b])
         L = self.units_per_block[b]
-        self._activation(b, 0)
-        logits = torch.stack(
-            [self.halting_logits(b, l, self.upstream_value(activation_site(b, l))) for l in range(L - 1)], -1
-        )
+        logits = torch.stack([self.halting_logits(b, l, self._activation(b, l)) for l in range(L - 1)], -1)
         return self.posterior(logits)
 
     def _activation(self, b: int, l: int) -> torch.Tensor:

@@ -262,14 +262,17 @@ def _write_html(out, run, settings, verdict, facts, table, summary, figures, not
     ]
     if note:
         body.append(f"<p>{esc(note)}</p>")
-    for name, (_, title) in figures.items():
-        body += [
-            f"<h2>{esc(title)}</h2>",
-            f'<img src="{name}.png" alt="{esc(title)}" style="max-width:100%">',
-        ]
+    _write_page(out, "PACT report", body, figures)
+
+
+def _write_page(out, title: str, body: list[str], figures: dict) -> None:
+    """``out/index.html``: the HTML fragments ``body``, then every figure, under ``title``."""
+    esc = html.escape
+    for name, (_, t) in figures.items():
+        body = [*body, f"<h2>{esc(t)}</h2>", f'<img src="{name}.png" alt="{esc(t)}" style="max-width:100%">']
     style = "body{font-family:sans-serif;max-width:980px;margin:auto}td,th{padding:2px 8px;text-align:left}"
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>PACT report</title><style>{style}</style>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{style}</style>"
     )
     (out / "index.html").write_text(page + "</head><body>" + "\n".join(body) + "</body></html>")
 
@@ -539,11 +542,4 @@ def _write_spatial_pages(out, run, settings, verdict, facts, table, figures, not
         table.to_html(float_format=lambda v: f"{v:.3g}"),
         *(f"<p>{esc(note.replace('`', ''))}</p>" for note in notes),
     ]
-    for name, (_, t) in figures.items():
-        body += [f"<h2>{esc(t)}</h2>", f'<img src="{name}.png" alt="{esc(t)}" style="max-width:100%">']
-    style = "body{font-family:sans-serif;max-width:980px;margin:auto}td,th{padding:2px 8px;text-align:left}"
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Spatial PACT report</title>"
-        f"<style>{style}</style>"
-    )
-    (out / "index.html").write_text(page + "</head><body>" + "\n".join(body) + "</body></html>")
+    _write_page(out, "Spatial PACT report", body, figures)
