@@ -422,6 +422,7 @@ def compare(rows: list[dict]) -> str:
         "plain here | − plain | FLOP std / mean | unit patterns | units wrong / correct | error AUROC |"
     )
     lines = [head, "|" + "---|" * 14]
+    margins: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     for (stage, method, variant, tau, _), rs in sorted(groups.items()):
         if method not in BASELINE:
             continue
@@ -432,6 +433,9 @@ def compare(rows: list[dict]) -> str:
         base = curve(BASELINE[method], stage)
         ref = 100 * _interp(x, base) if base else float("nan")
         pl = 100 * _interp(x, plain) if plain else float("nan")
+        sd = st.stdev(acc) / len(acc) ** 0.5 if len(acc) > 1 else float("nan")
+        if not variant:
+            margins.setdefault((stage or "main", method), []).append((tau, a - ref, a - pl, sd))
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
         auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
         lines.append(
@@ -441,7 +445,36 @@ def compare(rows: list[dict]) -> str:
             f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
             f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + verdicts(margins)
+
+
+def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, float]]]) -> str:
+    """Markdown bullets for issue 13's two criteria, per stage and adaptive method, from ``(τ, − baseline,
+    − plain, SE over seeds)`` of every operating point: the baseline margin at its worst (goal ≥ −0.3
+    points) and the plain-family margin at its best; points outside a curve's FLOP range are counted apart."""
+    out = []
+    for (stage, method), pts in sorted(margins.items()):
+        base = [(d, t) for t, d, _, _ in pts if not math.isnan(d)]
+        plain = [(d, t, se) for t, _, d, se in pts if not math.isnan(d)]
+        line = f"- {stage}, {method} ({len(pts)} τ): "
+        if base:
+            d, t = min(base)
+            held = sum(x >= -0.3 for x, _ in base)
+            line += (
+                f"vs {BASELINE[method]} at matched FLOPs worst {d:+.2f} points (τ {t:g}); ≥ −0.3 at "
+                f"{held} of {len(base)} points inside its FLOP range"
+            )
+        else:
+            line += f"no point inside {BASELINE[method]}'s FLOP range"
+        if plain:
+            d, t, se = max(plain)
+            sd = "" if math.isnan(se) else f" ± {se:.2f} (SE over seeds)"
+            above = sum(x >= 0 for x, _, _ in plain)
+            line += f"; vs the plain family best {d:+.2f}{sd} (τ {t:g}), ≥ 0 at {above} of {len(plain)}"
+        else:
+            line += "; no point inside the plain family's FLOP range"
+        out.append(line)
+    return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
 def plot(csv_path: Path, path: Path, title: str) -> None:

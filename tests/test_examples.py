@@ -181,6 +181,39 @@ def test_sweep_plan_variants_and_workers():
         S.main(["--preset", "p.json", "--runs", "r", "--out", "o", "--worker", "2/2"])
 
 
+def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
+    """``compare``: a PACT point against ACT and the plain family, both linearly interpolated at its FLOPs,
+    mean ± SE over seeds; the verdict bullets give the worst ACT margin and the best plain margin."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+    def row(method, acc, flops, tau="", seed=0, depth=20, stage="finetune"):
+        r = dict(method=method, accuracy=acc, flops_mean=flops, tau=tau, seed=seed, depth=depth, stage=stage)
+        r["threshold"] = 0.5 if method == "pact" else ""
+        return {**r, "variant": "", "flops_std_pct": 0.0, "unit_patterns": 1, "units_wrong": 1.0,
+                "units_correct": 1.0}  # fmt: skip
+
+    rows = [
+        row("plain", 0.80, 40e6, depth=14, stage=""),
+        row("plain", 0.90, 80e6, stage=""),
+        row("act", 0.84, 50e6, tau=0.4),
+        row("act", 0.88, 70e6, tau=0.2),
+        row("pact", 0.870, 60e6, tau=0.1, seed=0),  # ACT here 86 %, plain 85 %
+        row("pact", 0.874, 60e6, tau=0.1, seed=1),
+        row("pact", 0.890, 75e6, tau=0.05),  # ACT here: outside its range; plain 88.75 %
+    ]
+    md = S.compare(rows)
+    assert "| finetune | pact vs act | 0.1 | 2 | 87.20 ± 0.20 | 60.0 | 86.00 | +1.20 | 85.00 | +2.20 |" in md
+    assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | nan | +nan | 88.75 | +0.25 |" in md
+    assert (
+        "- finetune, pact (2 τ): vs act at matched FLOPs worst +1.20 points (τ 0.1); ≥ −0.3 at 1 of 1 points "
+        "inside its FLOP range; vs the plain family best +2.20 ± 0.20 (SE over seeds) (τ 0.1), ≥ 0 at 2 of 2"
+    ) in md
+
+
 STAGED_PRESET = {
     "name": "staged",
     "base": {"dataset": "mnist", "epochs": 1, "batch_size": 32, "train_subset": 64, "device": "cpu"},
