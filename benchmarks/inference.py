@@ -5,6 +5,9 @@ Sides, interleaved in one process, both under ``torch.no_grad`` with eval-mode B
 * ``full``: ``model.backbone(x)``, every unit (no halting heads);
 * ``threshold``: ``pact_pyro.threshold.threshold(model, guide, x)`` (a head after every executed unit
   ``l < L``, halt at ``h^l ≥ 0.5``; halted examples leave the running prefix of the batch);
+* ``stream``: ``pact_pyro.stream.threshold_stream(model, guide, images, B)`` on the same images: the same
+  decisions, with every unit run on ``B`` rows gathered across the consecutive batches (an evaluation loop's
+  throughput; one batch's latency is no longer its own work), reported as its own quotient (key ``stream``);
 * at the large batch also ``full_chunked`` and ``threshold_chunked`` (``--chunk`` examples per unit call on
   both sides; on CPU both run faster in cache-sized chunks, so their quotient is reported apart).
 
@@ -14,8 +17,8 @@ its halting biases set (``calibrate_heads``) so that at each head 35% of the sti
 about half the units run, and which ones depends on the input.
 
 Batch sizes 1, 2, 4, …, 256 in one run (``--batch``). One timed repetition at batch ``B`` evaluates
-``max(B, --images)`` images as consecutive batches of ``B`` (the same images for both sides), so small batches
-see many halting patterns. Each side runs in each memory format of ``--formats`` (NCHW, channels-last NHWC).
+``max(B, --images)`` (256) images as consecutive batches of ``B`` (the same images for every side), so small
+batches see many halting patterns and the stream side has batches to refill from. Each side runs in each memory format of ``--formats`` (NCHW, channels-last NHWC).
 
 Reported per batch size: wall-clock speedup ``t_full / t_threshold`` with each side at its faster format
 (ratio of medians, plus the per-round spread), FLOP speedup ``FLOPs_full / mean FLOPs_threshold`` (SACT
@@ -39,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import calibrate_heads, emit, environment, interleaved, ratio_stats, setup, side_stats  # noqa: E402
 
 from pact_pyro.flops import FlopTable  # noqa: E402
+from pact_pyro.stream import threshold_stream  # noqa: E402
 from pact_pyro.threshold import threshold  # noqa: E402
 
 
@@ -107,6 +111,9 @@ def measure(
         for x in xs_f:
             threshold(model, guide, x, flop_table=table, chunk_size=c)
 
+    B = xs[0].shape[0]
+    stream_in = {f: torch.cat(inputs[f]).contiguous(memory_format=FORMATS[f]) for f in formats}
+
     net.eval()
     guide.eval()
     cpu: dict = {}
@@ -114,6 +121,7 @@ def measure(
     for f in formats:
         sides[f"full_{f}"] = lambda f=f: full(inputs[f])
         sides[f"threshold_{f}"] = lambda f=f: thr(inputs[f])
+        sides[f"stream_{f}"] = lambda f=f: threshold_stream(model, guide, stream_in[f], B, flop_table=table)
     if chunk is not None:
         sides["full_chunked"] = lambda: full(inputs[formats[0]], chunk)
         sides["threshold_chunked"] = lambda: thr(inputs[formats[0]], chunk)
@@ -152,6 +160,14 @@ def measure(
         "flops_full": full_flops,
         "flops_threshold_mean": round(float(flops.mean()), 1),
     }
+    stream_fmt, stream_t = _best(times, "stream", formats)
+    w = ratio_stats(full_t, stream_t)
+    record["stream"] = {
+        "format": stream_fmt,
+        "wall_speedup": w["ratio_of_medians"],
+        "quotient": round(w["ratio_of_medians"] / flop_speedup, 4),
+        "quotient_per_round": round(w["per_round_ratio_median"] / flop_speedup, 4),
+    }
     if chunk is not None:  # both sides in chunks of ``chunk`` examples
         w = ratio_stats(times["full_chunked"], times["threshold_chunked"])["ratio_of_medians"]
         record["chunked"] = {"chunk_size": chunk, "wall_speedup": w, "quotient": round(w / flop_speedup, 4)}
@@ -172,7 +188,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--images",
         type=int,
-        default=64,
+        default=256,
         help="images per timed repetition at smaller batch sizes (IMAGES / B calls of batch B)",
     )
     p.add_argument("--formats", nargs="+", default=["nchw", "nhwc"], choices=sorted(FORMATS))
@@ -219,6 +235,7 @@ def main(argv=None) -> dict:
             f"{B:>5} {m['flop_speedup']:>6.2f} {m['wall_speedup']:>6.2f} {m['quotient']:>6.3f} "
             + " ".join(f"{m['per_format'][f]['quotient']:>6.3f}" for f in formats)
             + f"  {m['best_format']['full']}/{m['best_format']['threshold']}"
+            + f"  {m['stream']['quotient']:>6.3f}"
         )
     record["settings"] = {
         k: getattr(args, k)
@@ -227,6 +244,7 @@ def main(argv=None) -> dict:
     record["settings"].update(formats=list(formats), compile=args.compile)
     record["env"] = environment(args.threads)
     head = "batch  FLOP×  wall×  quot. " + " ".join(f"{f:>6}" for f in formats) + "  best full/threshold"
+    head += "  stream quot."
     print(head + "\n" + "\n".join(rows), file=sys.stderr)
     emit(record)
     return record

@@ -8,6 +8,7 @@ from .halting import expected_units, stick_breaking, still_running, threshold_un
 from .objective import MAPObjective
 from .priors import CategoricalUnits, TruncatedGeometric, TruncatedPoisson, UniformUnits, UnitsPrior
 from .threshold import ThresholdResult, threshold  # noqa: F811 (the function shadows its module on purpose)
+from .stream import threshold_stream
 from .train import load_run
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "threshold_units",
     "threshold",
     "ThresholdResult",
+    "threshold_stream",
     "load_run",
 ]

@@ -50,7 +50,10 @@ def test_inference_smoke(capsys):
         assert m["quotient_per_round"] == pytest.approx(q, rel=1e-3)
         assert m["flops_threshold_mean"] <= m["flops_full"] * 1.01
         assert set(m["per_format"]) == {"nchw", "nhwc"}
-    sides = {f"{s}_{f}" for s in ("full", "threshold") for f in ("nchw", "nhwc")}
+        assert m["stream"]["quotient"] == pytest.approx(
+            m["stream"]["wall_speedup"] / m["flop_speedup"], rel=1e-3
+        )
+    sides = {f"{s}_{f}" for s in ("full", "threshold", "stream") for f in ("nchw", "nhwc")}
     assert set(r["batch_8"]["sides"]) == sides | {"full_chunked", "threshold_chunked"}
     assert r["batch_8"]["chunked"]["chunk_size"] == 3
 

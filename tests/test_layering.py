@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [  # a module may import from its own layer and the layers before it, never from a later one
     {"sites", "halting", "priors", "relaxed"},
     {"nn", "flops", "early_exit", "data", "tasks", "optim"},
-    {"models", "guides", "objective", "threshold", "act_evaluate"},
+    {"models", "guides", "objective", "threshold", "stream", "act_evaluate"},
     {"finetune", "checkpoint", "distributed", "trainer", "train", "train_seq", "evaluate"},
     {"diagnostics", "plots", "report"},
     {"cli"},
