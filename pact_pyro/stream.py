@@ -72,21 +72,29 @@ class _Queue:
         return torch.cat(us), torch.cat(ids)
 
 
-def _partition(stop: torch.Tensor, *ts: torch.Tensor) -> int:
-    """Reorder the rows of every ``t`` in place so that the rows where ``stop`` is false come first (halted
-    rows inside that prefix swap places with running rows behind it: min(#halted, #running) row moves, as
-    :meth:`~pact_pyro.early_exit.RunningRows.halt`). Returns the number of running rows."""
+def _partition(
+    stop: torch.Tensor, u: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(u, ids, n)`` with the rows where ``stop`` is false first (``n`` of them). Up to 64 rows: one
+    stable sort and one gather per tensor (``u[order]`` keeps a channels-last layout; few ops, as a small
+    unit call is dispatch-bound); more rows: halted rows inside the running prefix swap places with running
+    rows behind it, in place (min(#halted, #running) row moves, as
+    :meth:`~pact_pyro.early_exit.RunningRows.halt`)."""
     k = stop.numel()
     n = k - int(stop.sum())
-    if 0 < n < k:
-        a = stop[:n].nonzero().squeeze(1)
-        if a.numel():
-            c = (~stop[n:]).nonzero().squeeze(1) + n
-            for t in ts:
-                ta = t.index_select(0, a)
-                t.index_copy_(0, a, t.index_select(0, c))
-                t.index_copy_(0, c, ta)
-    return n
+    if n in (0, k):
+        return u, ids, n
+    if k <= 64:
+        order = stop.to(torch.uint8).argsort(stable=True)
+        return u[order], ids[order], n
+    a = stop[:n].nonzero().squeeze(1)
+    if a.numel():
+        c = (~stop[n:]).nonzero().squeeze(1) + n
+        for t in (u, ids):
+            ta = t.index_select(0, a)
+            t.index_copy_(0, a, t.index_select(0, c))
+            t.index_copy_(0, c, ta)
+    return u, ids, n
 
 
 def _batches(inputs: torch.Tensor | Iterable[torch.Tensor], batch_size: int):
@@ -185,7 +193,7 @@ def _stream(model, guide, net, batches, batch_size, t, flop_table) -> ThresholdR
             leave(b, u, ids, Ls[b])
             continue
         stop = _decide(head_logits(b, l, u), t, "threshold", None)
-        n = _partition(stop, u, ids)  # running rows first: both parts leave as views, no copy
+        u, ids, n = _partition(stop, u, ids)  # running rows first: both parts leave as views of u
         queues[s + 1].push(u[:n], ids[:n])
         leave(b, u[n:], ids[n:], l + 1)
     if n_in == 0:

@@ -150,10 +150,14 @@ def _head_logits(guide):
     def logits(b: int, l: int, u: torch.Tensor) -> torch.Tensor:
         a, c, per_shape = folded[b][l]
         hw = u.shape[2] * u.shape[3]
-        wc = per_shape.get((hw, u.dtype))
+        # a channels-last state is read as [k, H·W·C] (a view: reshape would copy), the weight in that order
+        nhwc = not u.is_contiguous() and u.is_contiguous(memory_format=torch.channels_last)
+        wc = per_shape.get((hw, u.dtype, nhwc))
         if wc is None:
-            wc = per_shape[hw, u.dtype] = ((a / hw).repeat_interleave(hw).to(u.dtype), c.to(u.dtype))
-        return torch.addmv(wc[1], u.reshape(u.shape[0], -1), wc[0])
+            w = (a / hw).repeat(hw) if nhwc else (a / hw).repeat_interleave(hw)
+            wc = per_shape[hw, u.dtype, nhwc] = (w.to(u.dtype), c.to(u.dtype))
+        flat = u.permute(0, 2, 3, 1).reshape(u.shape[0], -1) if nhwc else u.reshape(u.shape[0], -1)
+        return torch.addmv(wc[1], flat, wc[0])
 
     return logits
 

@@ -33,6 +33,16 @@ def test_stream_equals_masked_forward(seed, batch_size, t):
     assert len(units[:, 1].unique()) > 1  # the examples halt at mixed units: rows really move between queues
 
 
+def test_stream_with_more_than_64_rows_per_call_swaps_rows_in_place():
+    """Above 64 rows a unit call separates halted rows by in-place swaps instead of a sort and a gather."""
+    model, guide = _net(seed=4)
+    x = torch.randn(150, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    res = threshold_stream(model, guide, x, 80)
+    logits, units = evaluate_masked(model, guide, x)
+    assert torch.equal(res.units, units)
+    torch.testing.assert_close(res.logits, logits, rtol=0, atol=1e-10)
+
+
 def test_stream_takes_an_iterable_of_uneven_batches_and_restores_training_flags():
     model, guide = _net(seed=2)
     x = torch.randn(20, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
