@@ -18,7 +18,8 @@ about half the units run, and which ones depends on the input.
 
 Batch sizes 1, 2, 4, …, 256 in one run (``--batch``). One timed repetition at batch ``B`` evaluates
 ``max(B, --images)`` (256) images as consecutive batches of ``B`` (the same images for every side), so small
-batches see many halting patterns and the stream side has batches to refill from. Each side runs in each memory format of ``--formats`` (NCHW, channels-last NHWC).
+batches see many halting patterns and the stream side has batches to refill from. Each side runs in each
+memory format of ``--formats`` (NCHW, channels-last NHWC).
 
 Reported per batch size: wall-clock speedup ``t_full / t_threshold`` with each side at its faster format
 (ratio of medians, plus the per-round spread), FLOP speedup ``FLOPs_full / mean FLOPs_threshold`` (SACT

@@ -7,8 +7,8 @@
 from .halting import expected_units, stick_breaking, still_running, threshold_units
 from .objective import MAPObjective
 from .priors import CategoricalUnits, TruncatedGeometric, TruncatedPoisson, UniformUnits, UnitsPrior
-from .threshold import ThresholdResult, threshold  # noqa: F811 (the function shadows its module on purpose)
 from .stream import threshold_stream
+from .threshold import ThresholdResult, threshold  # noqa: F811 (the function shadows its module on purpose)
 from .train import load_run
 
 __version__ = "0.1.0"
