@@ -204,13 +204,16 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         row("pact", 0.870, 60e6, tau=0.1, seed=0),  # ACT here 86 %, plain 85 %
         row("pact", 0.874, 60e6, tau=0.1, seed=1),
         row("pact", 0.890, 75e6, tau=0.05),  # ACT here: outside its range; plain 88.75 %
+        row("pact", 0.885, 70.2e6, tau=0.07),  # 0.3 % above ACT's range: its end (88 %); plain 87.55 %
     ]
     md = S.compare(rows)
     assert "| finetune | pact vs act | 0.1 | 2 | 87.20 ± 0.20 | 60.0 | 86.00 | +1.20 | 85.00 | +2.20 |" in md
     assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | nan | +nan | 88.75 | +0.25 |" in md
+    assert "| finetune | pact vs act | 0.07 | 1 | 88.50 | 70.2 | 88.00 | +0.50 | 87.55 | +0.95 |" in md
     assert (
-        "- finetune, pact (2 τ): vs act at matched FLOPs worst +1.20 points (τ 0.1); ≥ −0.3 at 1 of 1 points "
-        "inside its FLOP range; vs the plain family best +2.20 ± 0.20 (SE over seeds) (τ 0.1), ≥ 0 at 2 of 2"
+        "- finetune, pact (3 τ): vs act at matched FLOPs worst +0.50 points (τ 0.07); ≥ −0.3 at 2 of 2 "
+        "points inside its FLOP range; vs the plain family best +2.20 ± 0.20 (SE over seeds) (τ 0.1), ≥ 0 at "
+        "3 of 3"
     ) in md
 
 
