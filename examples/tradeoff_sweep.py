@@ -434,12 +434,12 @@ def compare(rows: list[dict]) -> str:
             continue
         acc = [100 * float(r["accuracy"]) for r in rs]
         a = st.fmean(acc)
-        se = f" ± {st.stdev(acc) / len(acc) ** 0.5:.2f}" if len(acc) > 1 else ""
+        sd = st.stdev(acc) / len(acc) ** 0.5 if len(acc) > 1 else float("nan")  # SE over seeds
+        se = "" if math.isnan(sd) else f" ± {sd:.2f}"
         x = mean(rs, "flops_mean")
         base = curve(BASELINE[method], stage)
         ref = 100 * _interp(x, base) if base else float("nan")
         pl = 100 * _interp(x, plain) if plain else float("nan")
-        sd = st.stdev(acc) / len(acc) ** 0.5 if len(acc) > 1 else float("nan")
         if not variant:
             margins.setdefault((stage or "main", method), []).append((tau, a - ref, a - pl, sd))
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"

@@ -24,7 +24,7 @@ import torch
 
 from .nn import PreActUnit
 
-__all__ = ["RunningRows", "check_chunk_size"]
+__all__ = ["RunningRows", "check_chunk_size", "halted_to_back_"]
 
 
 def check_chunk_size(chunk_size: int | None) -> int | None:
@@ -34,6 +34,27 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an int >= 1 (examples per call), got {chunk_size!r}")
     return chunk_size
+
+
+def halted_to_back_(stop: torch.Tensor, tensors, chunk_size: int | None = None) -> int:
+    """Reorder the rows of every tensor in ``tensors`` (each with ``stop.numel()`` leading rows) in place so
+    that the rows where ``stop`` (bool ``[k]``) is false come first: each halted row inside the new running
+    prefix swaps places with a running row behind it (``min(#halted, #running)`` row moves), at most
+    ``chunk_size`` rows per copy. Returns ``n``, the number of running rows."""
+    k = stop.numel()
+    n = k - int(stop.sum())
+    if 0 < n < k:
+        a = stop[:n].nonzero().squeeze(1)  # halted rows inside the new prefix ...
+        if a.numel():
+            c = (~stop[n:]).nonzero().squeeze(1) + n  # ... change places with running rows behind it
+            step = a.numel() if chunk_size is None else chunk_size
+            for t in tensors:
+                for i in range(0, a.numel(), step):
+                    ai, ci = a[i : i + step], c[i : i + step]
+                    ta = t.index_select(0, ai)
+                    t.index_copy_(0, ai, t.index_select(0, ci))
+                    t.index_copy_(0, ci, ta)
+    return n
 
 
 def _identity_residual(unit: torch.nn.Module) -> bool:
@@ -142,23 +163,8 @@ class RunningRows:
         if self.order is None:
             self.order = torch.arange(self.B, device=stop.device)
         halted = self.order[:k][stop]
-        keep = ~stop
-        n = k - halted.numel()
-        if 0 < n < k:
-            a = stop[:n].nonzero().squeeze(1)  # halted rows inside the new prefix ...
-            c = keep[n:].nonzero().squeeze(1) + n  # ... change places with running rows behind it
-            if a.numel():
-                for t in (self.u, *others, self.order):
-                    self._swap(t, a, c)
-        self.k = n
+        self.k = halted_to_back_(stop, (self.u, *others, self.order), self.chunk)
         return halted
-
-    def _swap(self, t: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> None:
-        for i, j in self._spans(a.numel()):
-            ai, ci = a[i:j], c[i:j]
-            ta = t.index_select(0, ai)
-            t.index_copy_(0, ai, t.index_select(0, ci))
-            t.index_copy_(0, ci, ta)
 
     def to_examples(self, rows_out: torch.Tensor) -> torch.Tensor:
         """Put a per-row result ``[B, ...]`` (e.g. logits) back into example order."""

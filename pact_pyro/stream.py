@@ -32,7 +32,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .early_exit import _identity_residual
+from .early_exit import _identity_residual, halted_to_back_
 from .flops import FlopTable
 from .threshold import ThresholdResult, _check_mode, _decide, _head_logits, _training_flags
 from .threshold import threshold as threshold_batch
@@ -77,24 +77,16 @@ def _partition(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(u, ids, n)`` with the rows where ``stop`` is false first (``n`` of them). Up to 64 rows: one
     stable sort and one gather per tensor (``u[order]`` keeps a channels-last layout; few ops, as a small
-    unit call is dispatch-bound); more rows: halted rows inside the running prefix swap places with running
-    rows behind it, in place (min(#halted, #running) row moves, as
-    :meth:`~pact_pyro.early_exit.RunningRows.halt`)."""
+    unit call is dispatch-bound); more rows: in-place swaps (:func:`~pact_pyro.early_exit.halted_to_back_`,
+    as :meth:`~pact_pyro.early_exit.RunningRows.halt`)."""
     k = stop.numel()
+    if k > 64:
+        return u, ids, halted_to_back_(stop, (u, ids))
     n = k - int(stop.sum())
     if n in (0, k):
         return u, ids, n
-    if k <= 64:
-        order = stop.to(torch.uint8).argsort(stable=True)
-        return u[order], ids[order], n
-    a = stop[:n].nonzero().squeeze(1)
-    if a.numel():
-        c = (~stop[n:]).nonzero().squeeze(1) + n
-        for t in (u, ids):
-            ta = t.index_select(0, a)
-            t.index_copy_(0, a, t.index_select(0, c))
-            t.index_copy_(0, c, ta)
-    return u, ids, n
+    order = stop.to(torch.uint8).argsort(stable=True)
+    return u[order], ids[order], n
 
 
 def _batches(inputs: torch.Tensor | Iterable[torch.Tensor], batch_size: int):
