@@ -10,6 +10,7 @@ matplotlib is imported lazily. In a script, select a non-interactive backend fir
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -270,7 +271,8 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
     keys = [c for c in ("depth", "tau") if c in df.columns]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     main = df[at_thr & (variant == "")]
-    for i, (name, g) in enumerate(main.groupby(group) if group else [("", main)]):
+    lines = list(main.groupby(group) if group else [("", main)])
+    for i, (name, g) in enumerate(lines):
         color = f"C{i}"
         agg = (
             g.groupby(keys, dropna=False)
@@ -330,12 +332,13 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
             fmt="D",
             ms=5,
             capsize=3,
-            color=f"C{4 + j % 6}",
+            color=f"C{(len(lines) + j) % 10}",  # after the lines' colours
             label=f"{key.get(vkeys[0], '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
         )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or f"accuracy vs computation (PACT at threshold {threshold_value:g})", fontsize=9)
+    title = title or f"accuracy vs computation (PACT at threshold {threshold_value:g})"
+    ax.set_title(textwrap.fill(title, 100), fontsize=8 if len(title) > 80 else 9)
     ax.grid(alpha=0.3)
     if group or len(df[variant != ""]):
         ax.legend(fontsize=7)
