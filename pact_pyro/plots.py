@@ -321,6 +321,11 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
                 label=f"{name}, thresholds ≠ {threshold_value:g}",
             )
     vrows = df[at_thr & (variant != "")].assign(_variant=variant)
+    # variants take the colours the lines left, then tab20's light shades: none repeats a line's colour
+    from matplotlib.colors import to_hex
+
+    light = plt.get_cmap("tab20").colors[1::2]
+    palette = [f"C{k}" for k in range(len(lines), 10)] + [to_hex(c) for c in light]
     vkeys = [c for c in (group if group == "_line" else "method", "_variant", "tau") if c in vrows.columns]
     for j, (key, g) in enumerate(vrows.groupby(vkeys, sort=False) if len(vrows) else []):
         key = dict(zip(vkeys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -332,7 +337,7 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
             fmt="D",
             ms=5,
             capsize=3,
-            color=f"C{(len(lines) + j) % 10}",  # after the lines' colours
+            color=palette[j % len(palette)],
             label=f"{key.get(vkeys[0], '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
         )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")

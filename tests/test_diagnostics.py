@@ -224,15 +224,16 @@ def test_plots_render(idata, tmp_path):
         "plain,,8,,0,,0.5,2.4e7\nplain,,14,,0,,0.55,5.3e7\n"
     )
     fig = P.plot_tradeoff(P.read_sweep(seeds))
-    many = tmp_path / "many.csv"  # five methods' lines and a variant: its colour is none of theirs
+    many = tmp_path / "many.csv"  # five methods' lines and seven variants: eleven colours, none repeated
     many.write_text(
         "method,variant,depth,tau,accuracy,flops_mean\n"
         + "".join(f"{m},,20,0.1,0.6,5e7\n" for m in ("act", "pact", "sact", "spatial-pact"))
-        + "plain,,20,,0.6,8e7\npact,relaxed,20,0.1,0.55,6e7\n"
+        + "plain,,20,,0.6,8e7\n"
+        + "".join(f"pact,v{k},20,0.1,0.55,6e7\n" for k in range(7))
     )
     many_ax = P.plot_tradeoff(P.read_sweep(many)).axes[0]
-    line_colours = {c.lines[0].get_color() for c in many_ax.containers[:-1]}
-    assert len(line_colours) == 5 and many_ax.containers[-1].lines[0].get_color() not in line_colours
+    colours = [matplotlib.colors.to_hex(c.lines[0].get_color()) for c in many_ax.containers]
+    assert len(colours) == 12 and len(set(colours)) == 12
     ax = fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
     assert sorted(labels) == ["pact", "pact τ=0.1, relaxed", "pact, thresholds ≠ 0.5", "plain"]
