@@ -247,6 +247,9 @@ def collect(runs_dir: Path, names: list[str], kept: dict[str, list[dict]] | None
     return rows
 
 
+_INT_FIELDS = ("depth", "seed", "n_correct", "n_wrong", "unit_patterns", "examples")
+
+
 def read_kept(csv_path: Path) -> dict[str, list[dict]]:
     """Rows of an existing sweep CSV by run name, numbers parsed back (empty when there is none)."""
     if not csv_path.is_file():
@@ -256,10 +259,9 @@ def read_kept(csv_path: Path) -> dict[str, list[dict]]:
         for r in csv.DictReader(f):
             row = {}
             for k, v in r.items():
-                try:
-                    row[k] = int(v) if k in ("depth", "seed", "n_correct", "n_wrong", "unit_patterns",
-                                             "examples") else float(v)  # fmt: skip
-                except (TypeError, ValueError):
+                try:  # integers stay integers (a FLOP count of 81102528 must not come back as 8.11025e+07)
+                    row[k] = int(v) if k in _INT_FIELDS or v.lstrip("-").isdigit() else float(v)
+                except (AttributeError, TypeError, ValueError):
                     row[k] = v if v is not None else ""
             for k in ("method", "variant", "stage", "run", "commit", "units_mean", "config_sha"):
                 row[k] = r.get(k) or ""
@@ -613,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         help="copy the latest checkpoint of every unfinished run into <out>_carry/ (to commit: a fresh clone "
         "continues those runs where they stopped) and exit",
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="rewrite <out>.md and <out>.png from the rows kept in <out>.csv and the finished runs under "
+        "--runs (e.g. after copying another machine's CSV), train nothing, and exit",
+    )
     args = p.parse_args(argv)
     k, n = 0, 1
     if args.worker is not None:
@@ -653,6 +661,23 @@ def main(argv: list[str] | None = None) -> int:
     carry = out.parent / f"{out.name}_carry"
     if args.stash:
         return stash(runs, runs_dir, carry, done)
+    title = f"{preset.get('name', Path(args.preset).stem)}: {preset.get('title', '')}".strip(": ")
+
+    def write_outputs() -> list[dict]:
+        rows = collect(runs_dir, names, kept)
+        if rows:
+            write_csv(rows, out.with_suffix(".csv"))
+            plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
+            out.with_suffix(".md").write_text(summarize(rows) + "\n" + compare(rows))
+        return rows
+
+    if args.report:
+        if not kept and not runs_dir.is_dir():
+            csv_path = str(out.with_suffix(".csv"))
+            p.error(f"--report: no rows in {csv_path!r} and no --runs folder {args.runs!r}")
+        rows = write_outputs()
+        print(f"{len(rows)} rows -> {out.with_suffix('.md')}, {out.with_suffix('.png')}", flush=True)
+        return 0
     unstash(runs, runs_dir, carry, done)
     if args.dry_run:
         for name, fields in runs:
@@ -663,7 +688,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{preset.get('name', Path(args.preset).stem)}: {preset.get('title', '')}".strip(": ")
     commit = code_commit()
     start = time.time()
 
@@ -675,14 +699,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 digest = export_backbone(runs_dir / src, path)
                 print(f"    source {src} -> {path} (sha256 {digest[:12]})", flush=True)
-
-    def write_outputs() -> list[dict]:
-        rows = collect(runs_dir, names, kept)
-        if rows:
-            write_csv(rows, out.with_suffix(".csv"))
-            plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
-            out.with_suffix(".md").write_text(summarize(rows) + "\n" + compare(rows))
-        return rows
 
     while True:
         export_sources()

@@ -152,6 +152,21 @@ def test_script_runs(name, data_root, tmp_path):
             ("act", ""), ("pact", ""), ("pact", "relaxed"), ("plain", "")
         ]  # fmt: skip
         assert (tmp_path / "results" / "sweep.png").stat().st_size > 5000
+        # --report rebuilds the table and the plot from the CSV alone (a fresh clone has no run folders)
+        md = (tmp_path / "results" / "sweep.md").read_text()
+        table = (tmp_path / "results" / "sweep.csv").read_text()
+        shutil.rmtree(tmp_path / "runs")
+        (tmp_path / "results" / "sweep.md").unlink()
+        (tmp_path / "results" / "sweep.png").unlink()
+        report = subprocess.run(
+            [sys.executable, str(EXAMPLES / name), *args, "--report"],
+            cwd=tmp_path, env=_env(data_root), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert report.returncode == 0, report.stderr[-2000:]
+        assert (tmp_path / "results" / "sweep.md").read_text() == md
+        assert (tmp_path / "results" / "sweep.csv").read_text() == table  # rows survive a rewrite exactly
+        assert (tmp_path / "results" / "sweep.png").stat().st_size > 5000
+        assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_sweep_plan_variants_and_workers():
