@@ -453,7 +453,38 @@ def compare(rows: list[dict]) -> str:
             f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
             f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
         )
-    return "\n".join(lines) + "\n" + verdicts(margins)
+    return "\n".join(lines) + "\n" + verdicts(margins) + ab_bullets(groups, curve)
+
+
+def ab_bullets(groups: dict[tuple, list[dict]], curve) -> str:
+    """Markdown bullets, one per variant (an A/B of one training setting): its accuracy against its own
+    method's default curve of the same stage, interpolated at the variant's mean FLOPs (a variant that
+    moves the operating point is judged on the curve, not against the τ it was trained at). Outside the
+    default curve's FLOP range the nearest default point is named instead."""
+    import statistics as st
+
+    out = []
+    for (stage, method, variant, tau, _), rs in sorted(groups.items()):
+        if not variant:
+            continue
+        a = 100 * st.fmean(float(r["accuracy"]) for r in rs)
+        x = st.fmean(float(r["flops_mean"]) for r in rs)
+        ref = curve(method, stage)
+        line = (
+            f"- A/B {stage or 'main'} / {variant} ({method} τ {tau:g}, {len(rs)} seed(s)): {a:.2f} % at "
+            f"{x / 1e6:.1f} MFLOPs"
+        )
+        d = 100 * _interp(x, ref) if ref else float("nan")
+        if not math.isnan(d):
+            line += f"; default {method} at these FLOPs {d:.2f} %: {a - d:+.2f}"
+        elif ref:
+            fx, fy = min(ref, key=lambda p: abs(p[0] - x))
+            line += (
+                f"; outside the default {method} curve's FLOP range, its nearest point {100 * fy:.2f} % "
+                f"at {fx / 1e6:.1f} MFLOPs"
+            )
+        out.append(line)
+    return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
 def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, float]]]) -> str:

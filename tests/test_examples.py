@@ -221,7 +221,18 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         row("pact", 0.890, 75e6, tau=0.05),  # ACT here: outside its range; plain 88.75 %
         row("pact", 0.885, 70.2e6, tau=0.07),  # 0.3 % above ACT's range: its end (88 %); plain 87.55 %
     ]
-    md = S.compare(rows)
+    variants = [  # A/B rows, judged on their own method's default curve at their FLOPs
+        {**row("pact", 0.860, 65e6, tau=0.1), "variant": "relaxed"},  # default pact at 65 M: 87.84 %
+        {**row("act", 0.860, 60e6, tau=0.2), "variant": "headlr1"},  # default act at 60 M: 86.0 %
+        {**row("pact", 0.860, 90e6, tau=0.1), "variant": "temp"},  # beyond pact's range (60-75 M)
+    ]
+    md = S.compare(rows + variants)
+    assert "- A/B finetune / relaxed (pact τ 0.1, 1 seed(s)): 86.00 % at 65.0 MFLOPs; default pact at " \
+        "these FLOPs 87.84 %: -1.84" in md  # fmt: skip
+    assert "- A/B finetune / headlr1 (act τ 0.2, 1 seed(s)): 86.00 % at 60.0 MFLOPs; default act at these " \
+        "FLOPs 86.00 %: +0.00" in md  # fmt: skip
+    assert "temp (pact τ 0.1, 1 seed(s)): 86.00 % at 90.0 MFLOPs; outside the default pact curve's FLOP " \
+        "range, its nearest point 89.00 % at 75.0 MFLOPs" in md  # fmt: skip
     assert "| finetune | pact vs act | 0.1 | 2 | 87.20 ± 0.20 | 60.0 | 86.00 | +1.20 | 85.00 | +2.20 |" in md
     assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | nan | +nan | 88.75 | +0.25 |" in md
     assert "| finetune | pact vs act | 0.07 | 1 | 88.50 | 70.2 | 88.00 | +0.50 | 87.55 | +0.95 |" in md
