@@ -61,11 +61,10 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(optional|callable|int|float|str|bool|dict|list|tuple|None|type|object)"),
 ]
 
-# -- the landing page's picture: the quick sweep's plot, copied in at build time ---------------------------
+# -- the sweeps' plots (landing page, results page), copied in at build time -------------------------------
 (Path(__file__).parent / "_static").mkdir(exist_ok=True)
-shutil.copyfile(
-    ROOT / "results" / "tradeoff_cifar10_cpu.png", Path(__file__).parent / "_static" / "tradeoff.png"
-)
+for _name in ("tradeoff_cifar10_cpu", "tradeoff_cifar10_cpu_long"):
+    shutil.copyfile(ROOT / "results" / f"{_name}.png", Path(__file__).parent / "_static" / f"{_name}.png")
 
 # -- tutorials: the example notebooks, copied in at build time -------------------------------------------
 _TUTORIALS = Path(__file__).parent / "tutorials"
