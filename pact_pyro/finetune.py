@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .nn.backbone import init_backbone
 
-__all__ = ["BackboneSource", "load_backbone_source", "init_backbone", "export_backbone"]
+__all__ = ["BackboneSource", "load_backbone_source", "init_backbone", "export_backbone", "truncate_backbone"]
 
 
 class BackboneSource(dict):
@@ -91,3 +93,39 @@ def export_backbone(run_dir: str | os.PathLike, path: str | os.PathLike) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(dict(state), path)
     return _sha256(path)
+
+
+_UNIT_KEY = re.compile(r"blocks\.(\d+)\.(\d+)\.")
+
+
+def truncate_backbone(state: Mapping[str, torch.Tensor], units: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The backbone ``state_dict`` of the network that runs only the first ``units[b]`` units of block ``b``:
+    the stem, those units and the classifier of ``state``, the rest dropped.
+
+    This is the static network of a depth allocation — e.g. the 1/2/3 units per block that a PACT
+    ResNet-20 fine-tuned at τ = 0.1 runs for nearly every image — and loads into
+    ``ResNetBackbone(units, ...)``. Its logits equal the source's with each block stopped after ``units[b]``
+    units, i.e. PACT's thresholded output for an image whose ``N_b = units[b]``.
+
+    :param state: a ``ResNetBackbone`` ``state_dict`` (keys ``stem.weight``, ``blocks.<b>.<l>.…``, …).
+    :param units: ``L_b ≥ 1`` per block, at most the source's units in that block.
+    :raises ValueError: naming ``units`` when it has the wrong length or asks for more units than a block has.
+    """
+    have: dict[int, int] = {}
+    for k in state:
+        m = _UNIT_KEY.match(k)
+        if m:
+            b, l = int(m.group(1)), int(m.group(2))
+            have[b] = max(have.get(b, 0), l + 1)
+    source = [have[b] for b in sorted(have)]
+    units = [int(n) for n in units]
+    if len(units) != len(source):
+        raise ValueError(f"units={units} must give one count per block; the source has {len(source)} blocks")
+    if any(not 1 <= n <= L for n, L in zip(units, source, strict=True)):
+        raise ValueError(f"units={units} must lie in 1..L_b per block; the source's blocks have {source}")
+    out = {}
+    for k, v in state.items():
+        m = _UNIT_KEY.match(k)
+        if m is None or int(m.group(2)) < units[int(m.group(1))]:
+            out[k] = v
+    return out

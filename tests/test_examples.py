@@ -48,6 +48,26 @@ SCRIPTS: dict[str, list[str]] = {
         "--cifar",
         str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"),
     ],
+    "static_depth.py": [
+        "--source",
+        "{tmp}/plain14.pt",
+        "--units",
+        "1",
+        "2",
+        "1",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--batch-size",
+        "32",
+        "--out",
+        "{tmp}/static",
+    ],  # fmt: skip
     "tradeoff_sweep.py": [
         "--preset",
         "{tmp}/preset.json",
@@ -130,6 +150,10 @@ def test_script_runs(name, data_root, tmp_path):
         pytest.skip(f"examples/{name} does not exist yet")
     args = [a.replace("{tmp}", str(tmp_path)) for a in SCRIPTS[name]]
     (tmp_path / "preset.json").write_text(json.dumps(SMOKE_PRESET))
+    if name == "static_depth.py":  # the source network to cut the units from
+        from pact_pyro.models import plain_resnet
+
+        torch.save(plain_resnet(14, in_channels=1).backbone.state_dict(), tmp_path / "plain14.pt")
     start = time.time()
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
@@ -143,6 +167,10 @@ def test_script_runs(name, data_root, tmp_path):
         f"{name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     )
     print(f"{name}: {time.time() - start:.1f} s (smoke flags)")
+    if name == "static_depth.py":  # the cut network: exactly those units, every image, and its FLOPs
+        result = json.loads((tmp_path / "static" / "eval.json").read_text())
+        assert result["units_mean"] == [1.0, 2.0, 1.0] and result["examples"] == 32
+        assert json.loads((tmp_path / "static" / "config.json").read_text())["extra"] == {"units": [1, 2, 1]}
     if name == "tradeoff_sweep.py":  # one row per run, the variant kept apart, and a plot
         import csv
 

@@ -10,7 +10,7 @@ import torch
 from pact_pyro import cli
 from pact_pyro.checkpoint import load_checkpoint
 from pact_pyro.data import batches, load_dataset
-from pact_pyro.finetune import export_backbone, init_backbone, load_backbone_source
+from pact_pyro.finetune import export_backbone, init_backbone, load_backbone_source, truncate_backbone
 from pact_pyro.threshold import threshold
 from pact_pyro.train import TrainConfig, build, load_run
 from tests.common import assert_identical, kill_after_first_checkpoint
@@ -135,3 +135,38 @@ def test_finetune_sigkill_then_resume_is_bit_identical(plain_run, tiny_root, tmp
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(ckpt)
     for key in ("model", "guide", "optim", "rng"):
         assert_identical(a[key], b[key], key)
+
+
+def test_truncate_backbone_is_pact_stopped_at_those_units(one_thread):
+    """``truncate_backbone(state, units)`` loads into ``ResNetBackbone(units)`` and gives the logits of PACT
+    on the source network when every image halts at ``N_b = units[b]`` (heads forced), to 1e-6."""
+    from pact_pyro.guides import StraightThroughGuide
+    from pact_pyro.models import pact_resnet
+
+    from pact_pyro.nn.backbone import ResNetBackbone
+
+    torch.manual_seed(0)
+    model = pact_resnet(20)
+    guide = StraightThroughGuide(model)
+    for bn in (m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    units = [1, 2, 3]
+    with torch.no_grad():
+        for b, heads in enumerate(guide.heads):
+            for l, head in enumerate(heads):  # head l decides after unit l + 1: halt exactly at unit units[b]
+                head.linear.weight.zero_()
+                head.linear.bias.fill_(30.0 if l + 1 == units[b] else -30.0)
+    model.eval(), guide.eval()
+    x = torch.randn(6, 3, 32, 32)
+    expected = threshold(model, guide, x)
+    assert expected.units.tolist() == [units] * 6
+    cut = ResNetBackbone(units).eval()
+    cut.load_state_dict(truncate_backbone(model.backbone.state_dict(), units), strict=True)
+    torch.testing.assert_close(cut(x), expected.logits, atol=1e-6, rtol=0)
+    whole = truncate_backbone(model.backbone.state_dict(), [3, 3, 3])
+    assert whole.keys() == model.backbone.state_dict().keys()
+    with pytest.raises(ValueError, match=r"units=\[1, 4, 3\] must lie in 1..L_b per block.*\[3, 3, 3\]"):
+        truncate_backbone(model.backbone.state_dict(), [1, 4, 3])
+    with pytest.raises(ValueError, match=r"units=\[1, 2\] must give one count per block; the source has 3"):
+        truncate_backbone(model.backbone.state_dict(), [1, 2])
