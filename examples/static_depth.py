@@ -9,6 +9,10 @@ recipe of the long preset (SGD, cosine from LR 0.02, weight decay 5e-4, augmenta
 library's training loop, and evaluates it on the test set. If it matches PACT, PACT's contribution at that τ
 is the allocation it found; if it trails, the halting latents' training did more than pick depths.
 
+Without ``--source`` the same network trains from scratch with the long preset's stage-1 recipe (45 epochs,
+LR 0.1 with a 2 % warm-up, cosine): the control for PACT trained from scratch, which settles on a static
+allocation too (1/1/2 units at τ = 0.1).
+
 Writes ``OUT/`` (a resumable run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``) and
 ``OUT/eval.json`` (accuracy, FLOPs, units per block, the units, the source and its sha256).
 
@@ -16,6 +20,7 @@ Usage::
 
     python examples/static_depth.py --source results/tradeoff_cifar10_cpu_long_sources/plain_d20_s0.pt \\
         --units 1 2 3 --epochs 9 --out runs/static_123 --data-root ../shared/data
+    python examples/static_depth.py --units 1 1 2 --out runs/static_112_scratch --data-root ../shared/data
 """
 
 from __future__ import annotations
@@ -58,14 +63,19 @@ class StaticDepthTask(ImageTask):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--source", required=True, help="the plain network: a run directory or a backbone .pt file"
+        "--source",
+        default=None,
+        help="the plain network: a run directory or a backbone .pt file (default: train from scratch)",
     )
     p.add_argument("--units", type=int, nargs="+", required=True, help="L_b per block, e.g. 1 2 3")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS))
     p.add_argument("--data-root", default=None, help="dataset folder (default: $PACT_PYRO_DATA, else ./data)")
-    p.add_argument("--epochs", type=float, default=9.0)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--epochs", type=float, default=None, help="default: 9 with --source, 45 from scratch")
+    p.add_argument("--lr", type=float, default=None, help="default: 0.02 with --source, 0.1 from scratch")
+    p.add_argument(
+        "--lr-warmup", type=float, default=None, help="warm-up fraction; default: 0 with --source, 0.02 else"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
@@ -74,16 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        source = load_backbone_source(args.source)
-        truncate_backbone(source, args.units)  # a bad --units fails here, before anything is written
-    except (FileNotFoundError, ValueError) as err:
-        p.error(str(err))
-    source_units = 1 + max(int(k.split(".")[2]) for k in source if k.startswith("blocks."))
+    scratch = args.source is None
+    if scratch:
+        if not args.units or min(args.units) < 1:
+            p.error(f"--units must be positive unit counts per block, got {args.units}")
+        source, source_units = None, max(args.units)
+    else:
+        try:
+            source = load_backbone_source(args.source)
+            truncate_backbone(source, args.units)  # a bad --units fails here, before anything is written
+        except (FileNotFoundError, ValueError) as err:
+            p.error(str(err))
+        source_units = 1 + max(int(k.split(".")[2]) for k in source if k.startswith("blocks."))
+    epochs = args.epochs if args.epochs is not None else (45.0 if scratch else 9.0)
+    lr = args.lr if args.lr is not None else (0.1 if scratch else 0.02)
+    warmup = args.lr_warmup if args.lr_warmup is not None else (0.02 if scratch else 0.0)
     cfg = TrainConfig(  # depth: the source network's; the trained one has extra["units"] per block
         dataset=args.dataset, method="plain", depth=6 * source_units + 2, extra={"units": args.units},
-        epochs=args.epochs, batch_size=args.batch_size,
-        optimizer="sgd", schedule="cosine", lr=args.lr, lr_warmup=0.0, weight_decay=5e-4, augment=True,
+        epochs=epochs, batch_size=args.batch_size,
+        optimizer="sgd", schedule="cosine", lr=lr, lr_warmup=warmup, weight_decay=5e-4, augment=True,
         channels_last=True, train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
         data_root=args.data_root, init_from=args.source, device="auto",
     )  # fmt: skip
@@ -95,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_images(cfg, train=False).subset(cfg.test_subset, cfg.seed)
     task.model.eval()
     result = evaluate(task.model, EmptyGuide(task.model), test, progress=False)
-    result.update(units=args.units, source=str(args.source), source_sha256=source.sha256)
+    result.update(units=args.units, source=args.source, source_sha256=source.sha256 if source else None)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0

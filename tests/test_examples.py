@@ -253,6 +253,9 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         {**row("pact", 0.860, 65e6, tau=0.1), "variant": "relaxed"},  # default pact at 65 M: 87.84 %
         {**row("act", 0.860, 60e6, tau=0.2), "variant": "headlr1"},  # default act at 60 M: 86.0 %
         {**row("pact", 0.860, 90e6, tau=0.1), "variant": "temp"},  # beyond pact's range (60-75 M)
+        {**row("pact", 0.900, 60e6, tau=0.1), "variant": "long"},  # held against ACT's own "long" curve
+        {**row("act", 0.890, 50e6, tau=0.4), "variant": "long"},
+        {**row("act", 0.910, 70e6, tau=0.2), "variant": "long"},  # long ACT at 60 M: 90.0 %
     ]
     md = S.compare(rows + variants)
     assert "- A/B finetune / relaxed (pact τ 0.1, 1 seed(s)): 86.00 % at 65.0 MFLOPs; default pact at " \
@@ -263,6 +266,10 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         "range, its nearest point 89.00 % at 75.0 MFLOPs" in md  # fmt: skip
     assert "| finetune | pact vs act | 0.1 | 2 | 87.20 ± 0.20 | 60.0 | 86.00 | +1.20 | 85.00 | +2.20 |" in md
     assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | nan | +nan | 88.75 | +0.25 |" in md
+    assert "| finetune / long | pact vs act | 0.1 | 1 | 90.00 | 60.0 | 90.00 | +0.00 | 85.00 | +5.00 |" in md
+    assert (
+        "| finetune / relaxed | pact vs act | 0.1 | 1 | 86.00 | 65.0 | 87.00 | -1.00 |" in md
+    )  # ACT default
     assert "| finetune | pact vs act | 0.07 | 1 | 88.50 | 70.2 | 88.00 | +0.50 | 87.55 | +0.95 |" in md
     assert (
         "- finetune, pact (3 τ): vs act at matched FLOPs worst +0.50 points (τ 0.07); ≥ −0.3 at 2 of 2 "

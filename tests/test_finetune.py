@@ -170,3 +170,32 @@ def test_truncate_backbone_is_pact_stopped_at_those_units(one_thread):
         truncate_backbone(model.backbone.state_dict(), [1, 4, 3])
     with pytest.raises(ValueError, match=r"units=\[1, 2\] must give one count per block; the source has 3"):
         truncate_backbone(model.backbone.state_dict(), [1, 2])
+
+
+def test_static_depth_from_scratch_uses_the_stage1_recipe(tiny_root, tmp_path, one_thread, capsys):
+    """Without ``--source`` ``examples/static_depth.py`` trains ``ResNetBackbone(units)`` from fresh weights
+    with the long preset's stage-1 recipe (LR 0.1, 2 % warm-up), and evaluates exactly those units; a unit
+    count below 1 is refused before anything is written."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "static_depth.py"
+    spec = importlib.util.spec_from_file_location("static_depth", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    common = ["--dataset", "mnist", "--data-root", str(tiny_root), "--train-subset", "32", "--test-subset",
+              "16", "--batch-size", "16", "--epochs", "1"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        mod.main(["--units", "1", "0", "2", *common, "--out", str(tmp_path / "bad")])
+    assert "--units must be positive unit counts per block, got [1, 0, 2]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert mod.main(["--units", "1", "1", "2", *common, "--out", str(tmp_path / "s")]) == 0
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (cfg["init_from"], cfg["lr"], cfg["lr_warmup"], cfg["extra"]) == (
+        None,
+        0.1,
+        0.02,
+        {"units": [1, 1, 2]},
+    )
+    result = json.loads((tmp_path / "s" / "eval.json").read_text())
+    assert result["units_mean"] == [1.0, 1.0, 2.0] and result["source"] is None and result["examples"] == 16
