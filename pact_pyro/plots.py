@@ -346,7 +346,13 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
     ax.set_title(textwrap.fill(title, 100), fontsize=8 if len(title) > 80 else 9)
     ax.grid(alpha=0.3)
     if group or len(df[variant != ""]):
-        ax.legend(fontsize=7)
+        if (
+            len(ax.get_legend_handles_labels()[1]) > 8
+        ):  # a long legend goes beside the axes, not over the data
+            fig.set_size_inches(10.0, 4.8)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

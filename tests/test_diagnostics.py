@@ -234,6 +234,10 @@ def test_plots_render(idata, tmp_path):
     many_ax = P.plot_tradeoff(P.read_sweep(many)).axes[0]
     colours = [matplotlib.colors.to_hex(c.lines[0].get_color()) for c in many_ax.containers]
     assert len(colours) == 12 and len(set(colours)) == 12
+    many_ax.figure.canvas.draw()  # twelve legend entries: the legend sits right of the axes, off the data
+    legend_box = many_ax.get_legend().get_window_extent()
+    assert legend_box.x0 > many_ax.get_window_extent().x1
+    assert fig_legend_inside(P.plot_tradeoff(P.read_sweep(csv)).axes[0])  # a short one stays inside
     ax = fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
     assert sorted(labels) == ["pact", "pact τ=0.1, relaxed", "pact, thresholds ≠ 0.5", "plain"]
@@ -249,6 +253,12 @@ def test_plots_render(idata, tmp_path):
     with pytest.raises(ValueError, match="accuracy"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         P.read_sweep(tmp_path / "bad.csv")
+
+
+def fig_legend_inside(ax) -> bool:
+    ax.figure.canvas.draw()
+    box, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1
 
 
 def test_report_cli_on_a_tiny_mnist_run(data_root, tmp_path):
