@@ -527,8 +527,61 @@ def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, floa
     return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
-def plot(csv_path: Path, path: Path, title: str) -> None:
-    """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV, written atomically."""
+def read_controls(preset: dict, out: Path) -> list[dict]:
+    """The preset's ``controls``: networks trained outside the sweep to test what it found (e.g. by
+    ``examples/static_depth.py``), each ``{"label": ..., "file": NAME}`` with ``NAME`` a JSON file next to the
+    sweep's outputs holding ``eval.accuracy`` and ``eval.flops_mean``. Returns ``{label, accuracy,
+    flops_mean, file}`` per control whose file exists; a missing one is named on stderr and left out (a
+    fresh clone may not have run it yet)."""
+    found = []
+    for c in preset.get("controls", []):
+        if not isinstance(c, dict) or not {"label", "file"} <= c.keys():
+            raise ValueError(f"preset 'controls' entries need 'label' and 'file', got {c!r}")
+        path = out.parent / c["file"]
+        if not path.is_file():
+            print(f"control {c['label']!r}: {str(path)!r} not found, left out", file=sys.stderr)
+            continue
+        ev = json.loads(path.read_text())["eval"]
+        found.append(
+            {
+                "label": c["label"],
+                "accuracy": ev["accuracy"],
+                "flops_mean": ev["flops_mean"],
+                "file": c["file"],
+            }
+        )
+    return found
+
+
+def control_bullets(controls: list[dict], rows: list[dict]) -> str:
+    """Markdown bullets, one per control: its accuracy and FLOPs and the plain depth family's line there
+    (the same interpolation as :func:`compare`)."""
+    if not controls:
+        return ""
+    import statistics as st
+
+    by_depth: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["method"] == "plain" and not r.get("variant") and not r.get("stage"):
+            by_depth.setdefault(str(r["depth"]), []).append(r)
+    plain = [
+        (st.fmean(float(r["flops_mean"]) for r in rs), st.fmean(float(r["accuracy"]) for r in rs))
+        for rs in by_depth.values()
+    ]
+    out = []
+    for c in controls:
+        a, x = 100 * float(c["accuracy"]), float(c["flops_mean"])
+        pl = 100 * _interp(x, plain) if plain else float("nan")
+        out.append(
+            f"- control {c['label']} (`{c['file']}`): {a:.2f} % at {x / 1e6:.1f} MFLOPs; plain family there "
+            f"{pl:.2f} %: {a - pl:+.2f}"
+        )
+    return "\n" + "\n".join(out) + "\n"
+
+
+def plot(csv_path: Path, path: Path, title: str, controls: list[dict] | None = None) -> None:
+    """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV (and the controls), written
+    atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -536,7 +589,7 @@ def plot(csv_path: Path, path: Path, title: str) -> None:
 
     from pact_pyro.plots import plot_tradeoff, read_sweep
 
-    fig = plot_tradeoff(read_sweep(csv_path), title=title)
+    fig = plot_tradeoff(read_sweep(csv_path), title=title, controls=controls or ())
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -677,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = json.loads(Path(args.preset).read_text())
     try:
         runs = plan(preset)
+        read_controls(preset, Path(args.out))  # a malformed entry fails here, before anything trains
     except ValueError as err:
         p.error(f"--preset {args.preset!r}: {err}")
     full = runs
@@ -708,9 +762,11 @@ def main(argv: list[str] | None = None) -> int:
     def write_outputs() -> list[dict]:
         rows = collect(runs_dir, names, kept)
         if rows:
+            controls = read_controls(preset, out)
             write_csv(rows, out.with_suffix(".csv"))
-            plot(out.with_suffix(".csv"), out.with_suffix(".png"), title)
-            out.with_suffix(".md").write_text(summarize(rows) + "\n" + compare(rows))
+            plot(out.with_suffix(".csv"), out.with_suffix(".png"), title, controls)
+            md = summarize(rows) + "\n" + compare(rows) + control_bullets(controls, rows)
+            out.with_suffix(".md").write_text(md)
         return rows
 
     if args.report:

@@ -13,7 +13,7 @@ import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -241,9 +241,18 @@ def read_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pandas
     return df
 
 
-def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: str | None = None) -> Figure:
+def plot_tradeoff(
+    sweep: pandas.DataFrame,
+    threshold_value: float = 0.5,
+    title: str | None = None,
+    controls: Sequence[Mapping[str, Any]] = (),
+) -> Figure:
     """Test accuracy against mean FLOPs per example: one line per ``method`` (or ``source``), error bars
     (standard deviation) where seeds repeat.
+
+    ``controls``: reference networks trained outside the sweep, each a mapping with ``label``, ``accuracy``
+    (a fraction) and ``flops_mean`` (in the sweep's FLOP unit), drawn as black stars with their label in the
+    legend (e.g. the static network a PACT run settled on, trained without heads).
 
     Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Each PACT model appears on its
     line once, at ``threshold_value``; its other test thresholds (a ``threshold`` column) are faded crosses.
@@ -339,6 +348,16 @@ def plot_tradeoff(sweep: pandas.DataFrame, threshold_value: float = 0.5, title: 
             capsize=3,
             color=palette[j % len(palette)],
             label=f"{key.get(vkeys[0], '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
+        )
+    for k, c in enumerate(controls):
+        ax.scatter(
+            float(c["flops_mean"]) / scale,
+            100 * float(c["accuracy"]),
+            marker=("*", "P", "X", "p")[k % 4],
+            s=80 if k % 4 == 0 else 45,
+            color="black",
+            zorder=5,
+            label=f"control: {c['label']}",
         )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")

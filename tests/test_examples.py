@@ -407,3 +407,48 @@ def test_sweep_stash_carries_an_unfinished_run_to_a_fresh_clone(tiny_root, tmp_p
     a = load_checkpoint(stashed)["model"]
     b = load_checkpoint(tmp_path / "runs" / "plain_d14_s0" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # resumed at its last step, not trained again
+
+
+def test_sweep_controls_are_read_plotted_and_held_against_the_plain_line(tmp_path, capsys):
+    """A preset's ``controls`` (JSON files next to the outputs) appear as black markers in the plot and as
+    bullets with the plain family's interpolated accuracy at their FLOPs; a missing file is named on stderr
+    and left out, a malformed entry is refused."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import tradeoff_sweep as S
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+    (tmp_path / "static.json").write_text(json.dumps({"eval": {"accuracy": 0.87, "flops_mean": 60e6}}))
+    preset = {
+        "controls": [{"label": "static 1/2", "file": "static.json"}, {"label": "gone", "file": "no.json"}]
+    }
+    controls = S.read_controls(preset, tmp_path / "sweep")
+    assert controls == [{"label": "static 1/2", "accuracy": 0.87, "flops_mean": 60e6, "file": "static.json"}]
+    assert "control 'gone'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="need 'label' and 'file'"):
+        S.read_controls({"controls": [{"label": "x"}]}, tmp_path / "sweep")
+    rows = [  # the plain line at 60 M: 80 % + (90 - 80) · 20 / 40 = 85 %
+        {"method": "plain", "variant": "", "stage": "", "depth": 14, "accuracy": 0.80, "flops_mean": 40e6},
+        {"method": "plain", "variant": "", "stage": "", "depth": 20, "accuracy": 0.90, "flops_mean": 80e6},
+    ]
+    md = S.control_bullets(controls, rows)
+    assert (
+        "- control static 1/2 (`static.json`): 87.00 % at 60.0 MFLOPs; plain family there 85.00 %: +2.00"
+        in md
+    )
+    with open(tmp_path / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "variant", "depth", "tau", "accuracy", "flops_mean"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in w.fieldnames if k in r} | {"tau": ""} for r in rows)
+    from pact_pyro.plots import plot_tradeoff, read_sweep
+
+    ax = plot_tradeoff(read_sweep(tmp_path / "sweep.csv"), controls=controls).axes[0]
+    assert "control: static 1/2" in ax.get_legend_handles_labels()[1]
+    star = next(c for c in ax.collections if c.get_label() == "control: static 1/2")
+    np.testing.assert_allclose(star.get_offsets(), [[60.0, 87.0]])
+    matplotlib.pyplot.close("all")
