@@ -407,6 +407,31 @@ def _interp(x: float, pts: list[tuple[float, float]], tol: float = 0.005) -> flo
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else float("nan")
 
 
+def _operating_points(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows by operating point ``(stage, method, variant, τ, depth)``, seeds together; a halting
+    method's rows only at threshold 0.5."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] in BASELINE and str(r["threshold"]) not in ("0.5", "0.50"):
+            continue
+        tau = float(r["tau"]) if r["tau"] != "" else -1.0
+        groups.setdefault(
+            (r.get("stage", ""), r["method"], r.get("variant", ""), tau, int(r["depth"])), []
+        ).append(r)
+    return groups
+
+
+def _curve(groups: dict[tuple, list[dict]], method: str, stage: str, variant: str = "") -> list[tuple]:
+    """``(mean FLOPs, mean accuracy)`` over seeds of each operating point of one method, stage and variant."""
+    import statistics as st
+
+    return [
+        (st.fmean(float(r["flops_mean"]) for r in rs), st.fmean(float(r["accuracy"]) for r in rs))
+        for (s, m, v, *_), rs in groups.items()
+        if m == method and s == stage and v == variant
+    ]
+
+
 def compare(rows: list[dict]) -> str:
     """Markdown: every PACT and spatial-PACT operating point (threshold 0.5, mean ± SE over seeds) against its
     baseline of the same stage (ACT, SACT) and the plain depth family, both linearly interpolated at its mean
@@ -416,24 +441,13 @@ def compare(rows: list[dict]) -> str:
     baseline's default curve (an A/B of one PACT setting against ACT as shipped)."""
     import statistics as st
 
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["method"] in BASELINE and str(r["threshold"]) not in ("0.5", "0.50"):
-            continue
-        tau = float(r["tau"]) if r["tau"] != "" else -1.0
-        groups.setdefault(
-            (r.get("stage", ""), r["method"], r.get("variant", ""), tau, int(r["depth"])), []
-        ).append(r)
+    groups = _operating_points(rows)
 
     def mean(rs, f):
         return st.fmean(float(r[f]) for r in rs)
 
     def curve(method, stage, variant=""):
-        return [
-            (mean(rs, "flops_mean"), mean(rs, "accuracy"))
-            for (s, m, v, *_), rs in groups.items()
-            if m == method and s == stage and v == variant
-        ]
+        return _curve(groups, method, stage, variant)
 
     plain = curve("plain", "")
     head = (
@@ -558,16 +572,7 @@ def control_bullets(controls: list[dict], rows: list[dict]) -> str:
     (the same interpolation as :func:`compare`)."""
     if not controls:
         return ""
-    import statistics as st
-
-    by_depth: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["method"] == "plain" and not r.get("variant") and not r.get("stage"):
-            by_depth.setdefault(str(r["depth"]), []).append(r)
-    plain = [
-        (st.fmean(float(r["flops_mean"]) for r in rs), st.fmean(float(r["accuracy"]) for r in rs))
-        for rs in by_depth.values()
-    ]
+    plain = _curve(_operating_points(rows), "plain", "")
     out = []
     for c in controls:
         a, x = 100 * float(c["accuracy"]), float(c["flops_mean"])
@@ -730,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = json.loads(Path(args.preset).read_text())
     try:
         runs = plan(preset)
-        read_controls(preset, Path(args.out))  # a malformed entry fails here, before anything trains
+        controls = read_controls(preset, Path(args.out))  # a malformed entry fails before anything trains
     except ValueError as err:
         p.error(f"--preset {args.preset!r}: {err}")
     full = runs
@@ -762,7 +767,6 @@ def main(argv: list[str] | None = None) -> int:
     def write_outputs() -> list[dict]:
         rows = collect(runs_dir, names, kept)
         if rows:
-            controls = read_controls(preset, out)
             write_csv(rows, out.with_suffix(".csv"))
             plot(out.with_suffix(".csv"), out.with_suffix(".png"), title, controls)
             md = summarize(rows) + "\n" + compare(rows) + control_bullets(controls, rows)

@@ -329,7 +329,8 @@ def plot_tradeoff(
                 s=18,
                 label=f"{name}, thresholds ≠ {threshold_value:g}",
             )
-    vrows = df[at_thr & (variant != "")].assign(_variant=variant)
+    is_variant = at_thr & (variant != "")
+    vrows = df[is_variant].assign(_variant=variant[is_variant])  # unfiltered, assign would realign: NaN rows
     # variants take the colours the lines left, then tab20's light shades: none repeats a line's colour
     from matplotlib.colors import to_hex
 
@@ -364,10 +365,9 @@ def plot_tradeoff(
     title = title or f"accuracy vs computation (PACT at threshold {threshold_value:g})"
     ax.set_title(textwrap.fill(title, 100), fontsize=8 if len(title) > 80 else 9)
     ax.grid(alpha=0.3)
-    if group or len(df[variant != ""]):
-        if (
-            len(ax.get_legend_handles_labels()[1]) > 8
-        ):  # a long legend goes beside the axes, not over the data
+    if group or len(df[variant != ""]) or len(controls):
+        # a long legend goes beside the axes, not over the data
+        if len(ax.get_legend_handles_labels()[1]) > 8:
             fig.set_size_inches(10.0, 4.8)
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         else:

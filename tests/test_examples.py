@@ -433,8 +433,8 @@ def test_sweep_controls_are_read_plotted_and_held_against_the_plain_line(tmp_pat
     with pytest.raises(ValueError, match="need 'label' and 'file'"):
         S.read_controls({"controls": [{"label": "x"}]}, tmp_path / "sweep")
     rows = [  # the plain line at 60 M: 80 % + (90 - 80) · 20 / 40 = 85 %
-        {"method": "plain", "variant": "", "stage": "", "depth": 14, "accuracy": 0.80, "flops_mean": 40e6},
-        {"method": "plain", "variant": "", "stage": "", "depth": 20, "accuracy": 0.90, "flops_mean": 80e6},
+        {"method": "plain", "variant": "", "stage": "", "depth": d, "tau": "", "accuracy": a, "flops_mean": x}
+        for d, a, x in ((14, 0.80, 40e6), (20, 0.90, 80e6))
     ]
     md = S.control_bullets(controls, rows)
     assert (
@@ -444,11 +444,16 @@ def test_sweep_controls_are_read_plotted_and_held_against_the_plain_line(tmp_pat
     with open(tmp_path / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "variant", "depth", "tau", "accuracy", "flops_mean"])
         w.writeheader()
-        w.writerows({k: r[k] for k in w.fieldnames if k in r} | {"tau": ""} for r in rows)
+        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
     from pact_pyro.plots import plot_tradeoff, read_sweep
 
     ax = plot_tradeoff(read_sweep(tmp_path / "sweep.csv"), controls=controls).axes[0]
     assert "control: static 1/2" in ax.get_legend_handles_labels()[1]
     star = next(c for c in ax.collections if c.get_label() == "control: static 1/2")
     np.testing.assert_allclose(star.get_offsets(), [[60.0, 87.0]])
+    import pandas as pd  # no method column, no variants: one line, the control in the legend, nothing else
+
+    bare = plot_tradeoff(pd.DataFrame({"accuracy": [0.8, 0.9], "flops_mean": [4e7, 8e7]}), controls=controls)
+    assert bare.axes[0].get_legend_handles_labels()[1] == ["control: static 1/2"]
+    assert len(bare.axes[0].containers) == 1
     matplotlib.pyplot.close("all")
