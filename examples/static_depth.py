@@ -1,7 +1,7 @@
 """The static-depth control: the units per block that PACT settled on, as a plain network cut from the source.
 
 Fine-tuned at τ = 0.1 from a plain ResNet-20, PACT runs 1/2/3 units in its three blocks for nearly every
-image (``results/tradeoff_cifar10_cpu_long.md``), and at plain ResNet-14's FLOPs (2/2/2) it is the more
+image (``results/tradeoff_cifar10_cpu_long_e45.md``), and at plain ResNet-14's FLOPs (2/2/2) it is the more
 accurate network. Is what PACT learned more than that depth allocation? This script trains the plain network
 with exactly those blocks — the source's stem, the first ``L_b`` units of block ``b``
 (:func:`pact_pyro.finetune.truncate_backbone`) and its classifier, no halting heads — with the fine-tune
@@ -9,8 +9,9 @@ recipe of the long preset (SGD, cosine from LR 0.02, weight decay 5e-4, augmenta
 library's training loop, and evaluates it on the test set. If it matches PACT, PACT's contribution at that τ
 is the allocation it found; if it trails, the halting latents' training did more than pick depths.
 
-Without ``--source`` the same network trains from scratch with the long preset's stage-1 recipe (45 epochs,
-LR 0.1 with a 2 % warm-up, cosine): the control for PACT trained from scratch, which settles on a static
+Without ``--source`` the same network trains from scratch with the long preset's stage-1 recipe (LR 0.1 with a
+2 % warm-up, cosine; 45 epochs by default, the length the control in ``results/`` was trained for; the preset
+now trains for 80, ``--epochs 80``): the control for PACT trained from scratch, which settles on a static
 allocation too (1/1/2 units at τ = 0.1).
 
 Writes ``OUT/`` (a resumable run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``) and
@@ -18,7 +19,7 @@ Writes ``OUT/`` (a resumable run directory: ``config.json``, ``metrics.jsonl``, 
 
 Usage::
 
-    python examples/static_depth.py --source results/tradeoff_cifar10_cpu_long_sources/plain_d20_s0.pt \\
+    python examples/static_depth.py --source results/tradeoff_cifar10_cpu_long_e45_sources/plain_d20_s0.pt \\
         --units 1 2 3 --epochs 9 --out runs/static_123 --data-root ../shared/data
     python examples/static_depth.py --units 1 1 2 --out runs/static_112_scratch --data-root ../shared/data
 """

@@ -276,6 +276,8 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         "points inside its FLOP range; vs the plain family best +2.20 ± 0.20 (SE over seeds) (τ 0.1), ≥ 0 at "
         "3 of 3"
     ) in md
+    # a sweep in progress (plain and ACT rows only) says so instead of an empty table
+    assert S.compare(rows[:4]) == "No PACT or spatial-PACT run has finished yet: nothing to compare.\n"
 
 
 STAGED_PRESET = {
