@@ -13,6 +13,11 @@ Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``
 * ``plain_compiled``, ``pact_single_compiled`` (``--compile``): both with
   :meth:`~pact_pyro.nn.ResNetBackbone.compile_units` (``torch.compile`` of every residual branch), in their
   own interleaved pass with ``plain`` (key ``compiled``);
+* ``pact_extra_fused`` (``--bound``): not a training step but the least tensor work the relaxed mixture and
+  the halting heads add to one, for this depth, batch and image size (:func:`extra_fused`: two fused,
+  compiled passes per mixture residual). Timed beside ``plain`` (and ``plain_compiled``):
+  ``1 + extra / plain_compiled`` is a floor under compiled PACT / compiled plain for any implementation of
+  this arithmetic on the host, before the heads' own small ops and Pyro's per-step work;
 * ``pact_replay`` (``--replay``): the same loss with a plain-function guide that recomputes the backbone to
   get the head inputs; ``MAPObjective`` traces it and replays the model (two backbone passes per step).
   Timed in a second interleaved pass against ``plain`` (key ``replay``): its larger memory footprint changes
@@ -21,7 +26,7 @@ Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``
 Prints one JSON line: per-side medians/quartiles (ms), ``pact / plain`` and ``pact_replay / plain`` ratios
 (goal: <= 1.10), minor page faults per step, the settings and the environment. Smoke mode: ``--smoke``.
 
-Usage: ``python benchmarks/train_step.py --threads 2 --reps 20 [--replay] [--profile]``
+Usage: ``python benchmarks/train_step.py --threads 2 --reps 20 [--replay] [--compile] [--bound] [--profile]``
 """
 
 from __future__ import annotations
@@ -77,6 +82,39 @@ def replay_guide(model, guide):
                 u = mix_residuals(first, residuals, still_running(z))
 
     return fn
+
+
+def extra_fused(depth: int, batch: int, size: int, widths=(16, 32, 64)):
+    """The least tensor work PACT adds to a plain step (``--bound``), each pass fused and compiled: per block
+    ``b`` (``L = n`` units, state ``[B, C_b, H_b, W_b]``) and each of its ``L - 1`` mixture residuals ``F_k``,
+    the forward ``out + e_k F_k`` (``e`` is known only after the block's last head, so this pass cannot join
+    the chain ``u + F``) and one backward pass giving ``∂F_k = a + e_k g + ∂mean / (H W)`` (the halting head's
+    gradient folded in) and ``<g, F_k>``. The heads' spatial means are left out (they could ride on the chain
+    ``u + F``, which the plain step runs too), as are the heads' small ops and Pyro's per-step work.
+    Returns a callable running one step's worth of it on fixed random tensors."""
+
+    def mix_forward(out, f, e):
+        return out + e.view(-1, 1, 1, 1) * f
+
+    def mix_backward(a, g, f, e, gm):
+        head = (gm / (a.shape[2] * a.shape[3]))[:, :, None, None]
+        return a + e.view(-1, 1, 1, 1) * g + head, (g * f).sum((1, 2, 3))
+
+    forward, backward = (torch.compile(f, dynamic=False) for f in (mix_forward, mix_backward))
+    n = resnet_units_per_block(depth)
+    tensors = []
+    for b, c in enumerate(widths):
+        side = -(-size // 2**b)
+        for _ in range(n - 1):
+            tensors.append([torch.randn(batch, c, side, side) for _ in range(3)])
+            tensors[-1] += [torch.rand(batch), torch.randn(batch, c)]
+
+    def step() -> None:
+        for a, f, g, e, gm in tensors:
+            forward(a, f, e)
+            backward(a, g, f, e, gm)
+
+    return step
 
 
 def build(args):
@@ -135,6 +173,8 @@ def build(args):
         )
         fns["plain_compiled"] = plain_compiled
         fns["pact_single_compiled"] = lambda: svi_c.step(x, y)
+    if args.bound:
+        fns["pact_extra_fused"] = extra_fused(args.depth, args.batch, args.size)
     if args.replay:
         model_r = pact_resnet(args.depth)
         guide_r = get_guide("relaxed", model_r)
@@ -173,6 +213,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--replay", action="store_true", help="also time the trace/replay guide variant")
     p.add_argument("--compile", action="store_true", help="also time both with ResNetBackbone.compile_units")
+    p.add_argument(
+        "--bound", action="store_true", help="also time PACT's extra tensor work, fused (a ratio bound)"
+    )
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per side to stderr")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (depth 8, batch 4, 16x16, 2 reps)")
     args = p.parse_args(argv)
@@ -190,6 +233,7 @@ def main(argv=None) -> dict:
         profile(fns, args.profile)
     replay = fns.pop("pact_replay", None)
     compiled = {k: fns.pop(k) for k in ("plain_compiled", "pact_single_compiled") if k in fns}
+    extra = fns.pop("pact_extra_fused", None)
     cpu: dict = {}
     faults: dict = {}
     times = interleaved(fns, args.reps, args.warmup, cpu, faults)
@@ -218,6 +262,19 @@ def main(argv=None) -> dict:
             ),
             "plain_compiled_over_plain": ratio_stats(ct["plain_compiled"], ct["plain"]),
             "pact_single_compiled_over_plain": ratio_stats(ct["pact_single_compiled"], ct["plain"]),
+        }
+    if extra is not None:  # beside the plain step, and the compiled plain step when there is one
+        sides = {"plain": fns["plain"]}
+        if compiled:
+            sides["plain_compiled"] = compiled["plain_compiled"]
+        bt = interleaved({**sides, "pact_extra_fused": extra}, args.reps, args.warmup)
+        ref = "plain_compiled" if compiled else "plain"
+        share = statistics.median(bt["pact_extra_fused"]) / statistics.median(bt[ref])
+        record["bound"] = {
+            "sides": {k: side_stats(v) for k, v in bt.items()},
+            "reference": ref,
+            "extra_over_reference": round(share, 4),
+            "smallest_pact_over_plain": round(1 + share, 4),
         }
     if replay is not None:  # its own interleaved pass: its larger footprint would perturb the sides above
         rt = interleaved({"plain": fns["plain"], "pact_replay": replay}, args.reps, args.warmup)

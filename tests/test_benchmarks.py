@@ -40,6 +40,16 @@ def test_train_step_smoke(capsys):
     assert set(r["minor_page_faults_per_step"]) == {"plain", "pact", "pact_single"}
 
 
+def test_train_step_bound_smoke(capsys):
+    """``--bound``: the fused extra work is timed beside the plain step and turned into the floor ratio; the
+    smoke network (depth 8) has no halting, so the fused work is also run once at depth 14."""
+    r = _run("train_step", capsys, "--bound")
+    b = r["bound"]
+    assert b["reference"] == "plain" and set(b["sides"]) == {"plain", "pact_extra_fused"}
+    assert b["smallest_pact_over_plain"] == pytest.approx(1 + b["extra_over_reference"], abs=1e-4)
+    _load("train_step").extra_fused(14, 2, 8)()  # two residuals per block: compiles and runs
+
+
 def test_inference_smoke(capsys):
     r = _run("inference", capsys)
     for key in ("batch_1", "batch_2", "batch_8"):
