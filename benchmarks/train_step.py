@@ -15,7 +15,7 @@ Sides, all on the same random CIFAR-shaped batch ``x [B, 3, 32, 32]``, ``y [B]``
   own interleaved pass with ``plain`` (key ``compiled``);
 * ``pact_extra_fused`` (``--bound``): not a training step but the least tensor work the relaxed mixture and
   the halting heads add to one, for this depth, batch and image size (:func:`extra_fused`: two fused,
-  compiled passes per mixture residual). Timed beside ``plain`` (and ``plain_compiled``):
+  compiled passes per mixture residual). Timed beside ``plain_compiled`` (``plain`` without ``--compile``):
   ``1 + extra / plain_compiled`` is a floor under compiled PACT / compiled plain for any implementation of
   this arithmetic on the host, before the heads' own small ops and Pyro's per-step work;
 * ``pact_replay`` (``--replay``): the same loss with a plain-function guide that recomputes the backbone to
@@ -106,8 +106,8 @@ def extra_fused(depth: int, batch: int, size: int, widths=(16, 32, 64)):
     for b, c in enumerate(widths):
         side = -(-size // 2**b)
         for _ in range(n - 1):
-            tensors.append([torch.randn(batch, c, side, side) for _ in range(3)])
-            tensors[-1] += [torch.rand(batch), torch.randn(batch, c)]
+            a, f, g = (torch.randn(batch, c, side, side) for _ in range(3))
+            tensors.append((a, f, g, torch.rand(batch), torch.randn(batch, c)))
 
     def step() -> None:
         for a, f, g, e, gm in tensors:
@@ -263,12 +263,9 @@ def main(argv=None) -> dict:
             "plain_compiled_over_plain": ratio_stats(ct["plain_compiled"], ct["plain"]),
             "pact_single_compiled_over_plain": ratio_stats(ct["pact_single_compiled"], ct["plain"]),
         }
-    if extra is not None:  # beside the plain step, and the compiled plain step when there is one
-        sides = {"plain": fns["plain"]}
-        if compiled:
-            sides["plain_compiled"] = compiled["plain_compiled"]
-        bt = interleaved({**sides, "pact_extra_fused": extra}, args.reps, args.warmup)
+    if extra is not None:  # beside its reference: the compiled plain step when there is one
         ref = "plain_compiled" if compiled else "plain"
+        bt = interleaved({ref: {**fns, **compiled}[ref], "pact_extra_fused": extra}, args.reps, args.warmup)
         share = statistics.median(bt["pact_extra_fused"]) / statistics.median(bt[ref])
         record["bound"] = {
             "sides": {k: side_stats(v) for k, v in bt.items()},

@@ -442,6 +442,8 @@ def compare(rows: list[dict]) -> str:
     import statistics as st
 
     groups = _operating_points(rows)
+    if not any(method in BASELINE for _, method, *_ in groups):  # a sweep in progress
+        return "No PACT or spatial-PACT run has finished yet: nothing to compare.\n"
 
     def mean(rs, f):
         return st.fmean(float(r[f]) for r in rs)
@@ -478,8 +480,6 @@ def compare(rows: list[dict]) -> str:
             f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
             f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
         )
-    if len(lines) == 2:  # a sweep in progress: no adaptive point has finished yet
-        return "No PACT or spatial-PACT run has finished yet: nothing to compare.\n"
     return "\n".join(lines) + "\n" + verdicts(margins) + ab_bullets(groups, curve)
 
 
