@@ -69,6 +69,8 @@ __all__ = [
     "class_units",
     "summarize_class_units",
     "units_vs_uncertainty",
+    "expected_units",
+    "error_auroc",
     "predictive_checks",
     "predictive_entropy",
     "reliability",
@@ -398,25 +400,70 @@ def predictive_entropy(idata) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-30, None))).sum(-1)
 
 
-def units_vs_uncertainty(idata) -> dict:
-    """Is computation spent where the network is unsure? Thresholded total units ``Σ_b N̂_b`` against
-    correctness of the thresholded prediction and against the predictive entropy.
+def expected_units(idata) -> np.ndarray:
+    """``E_q[N_b | x]`` per example and block, from the halting probabilities on the thresholded path
+    (``constant_data.halting_prob``; upstream blocks run their thresholded ``N̂``):
 
-    Returns mean units of correct and wrong examples, the Spearman rank correlation of units with entropy
-    (``nan`` when either is constant: input-independent depth), and the mean entropy per distinct total.
+    ``E[N_b] = Σ_{n=1}^{L_b} P(N_b ≥ n) = 1 + Σ_{l=1}^{L_b - 1} ∏_{i ≤ l} (1 - h_b^i)``.
+
+    Unlike the thresholded ``N̂_b`` it is continuous, so it still ranks inputs when every input halts at the
+    same unit. Returns ``[example, block]`` (float64).
+    """
+    h = idata.constant_data["halting_prob"].values.astype(np.float64)  # [example, block, head], NaN-padded
+    go_on = np.where(np.isnan(h), 0.0, 1.0 - h)  # a missing head ends the block
+    return 1.0 + np.cumprod(go_on, axis=-1).sum(-1)
+
+
+def _masked_mean(a: np.ndarray, mask: np.ndarray) -> float:
+    return float(a[mask].mean()) if mask.any() else float("nan")
+
+
+def error_auroc(score: np.ndarray, wrong: np.ndarray) -> float:
+    """``P(score of a wrong prediction > score of a correct one)``, ties counted half (Mann-Whitney AUROC):
+    how well ``score`` predicts an error. 0.5: not at all (also any constant score); ``nan`` without both
+    kinds of example. ``score`` and ``wrong`` (bool) are ``[example]``."""
+    score, wrong = np.asarray(score, dtype=np.float64), np.asarray(wrong, dtype=bool)
+    if score.shape != wrong.shape or score.ndim != 1:
+        raise ValueError(f"score and wrong must be 1-d of one length, got {score.shape} and {wrong.shape}")
+    n_wrong, n_right = int(wrong.sum()), int((~wrong).sum())
+    if not n_wrong or not n_right:
+        return float("nan")
+    u = _rank(score)[wrong].sum() - n_wrong * (n_wrong - 1) / 2  # ranks are 0-based, ties averaged
+    return float(u / (n_wrong * n_right))
+
+
+def units_vs_uncertainty(idata) -> dict:
+    """Is computation spent where the network is unsure? Thresholded total units ``Σ_b N̂_b`` and the
+    guide's expected total ``Σ_b E_q[N_b | x]`` (:func:`expected_units`) against correctness of the
+    thresholded prediction and against the predictive entropy.
+
+    Returns mean units of correct and wrong examples; the Spearman rank correlation of units with entropy
+    (``nan`` when either is constant: input-independent depth) and of expected units with entropy; the
+    error AUROC (:func:`error_auroc`) of the units, of the expected units and, for reference, of the
+    predictive entropy (how well the network's own uncertainty predicts its errors); the mean entropy per
+    distinct total.
     """
     cd = idata.constant_data
     total = cd["thresholded_units"].values.sum(1)
-    correct = cd["thresholded_pred"].values == cd["label"].values
+    expected = expected_units(idata).sum(1)
+    wrong = cd["thresholded_pred"].values != cd["label"].values
     ent = predictive_entropy(idata)
-    if total.std() > 0 and ent.std() > 0:
-        rho = float(np.corrcoef(_rank(total.astype(float)), _rank(ent))[0, 1])
-    else:
-        rho = float("nan")
+
+    def spearman(a: np.ndarray) -> float:
+        if a.std() > 0 and ent.std() > 0:
+            return float(np.corrcoef(_rank(a.astype(float)), _rank(ent))[0, 1])
+        return float("nan")
+
     return {
-        "units_correct": float(total[correct].mean()) if correct.any() else float("nan"),
-        "units_wrong": float(total[~correct].mean()) if (~correct).any() else float("nan"),
-        "spearman_units_entropy": rho,
+        "units_correct": _masked_mean(total, ~wrong),
+        "units_wrong": _masked_mean(total, wrong),
+        "expected_units_correct": _masked_mean(expected, ~wrong),
+        "expected_units_wrong": _masked_mean(expected, wrong),
+        "spearman_units_entropy": spearman(total),
+        "spearman_expected_units_entropy": spearman(expected),
+        "error_auroc_units": error_auroc(total, wrong),
+        "error_auroc_expected_units": error_auroc(expected, wrong),
+        "error_auroc_entropy": error_auroc(ent, wrong),
         "entropy_by_units": {int(t): float(ent[total == t].mean()) for t in np.unique(total)},
         "count_by_units": {int(t): int((total == t).sum()) for t in np.unique(total)},
     }

@@ -200,6 +200,11 @@ def write_report(
             + ", ".join(f"{v:.2%}" for v in det["exact_differs_per_block"]),
         ),
         ("halting probabilities near 0 or 1 (< 0.05 or > 0.95)", f"{det['saturated']:.1%}"),
+        (
+            "error AUROC: units N̂ / expected units E_q[N] / predictive entropy",
+            f"{adapt['error_auroc_units']:.3f} / {adapt['error_auroc_expected_units']:.3f} / "
+            f"{adapt['error_auroc_entropy']:.3f} (0.5: no better than chance)",
+        ),
         ("log predictive density", f"{pred['lpd']:.4f} nats/example"),
         ("expected calibration error", f"{pred['ece']:.4f}"),
     ]

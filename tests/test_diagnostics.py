@@ -115,6 +115,53 @@ def test_q_prob_exact_on_hand_case():
         torch.testing.assert_close(got[:, 0], torch.tensor(expected), rtol=0, atol=1e-7)
 
 
+def test_expected_units_hand_case_and_enumeration(idata):
+    # hand case: one block, L = 3, h = (0.2, 0.5): E[N] = 1 + 0.8 + 0.8 * 0.5 = 2.2; a block of 2 units
+    # (second head NaN) with h = 0.9: E[N] = 1 + 0.1
+    hand = az.from_dict(
+        constant_data={"halting_prob": np.array([[[0.2, 0.5], [0.9, np.nan]]])},
+        dims={"halting_prob": ["example", "block", "head"]},
+    )
+    np.testing.assert_allclose(D.expected_units(hand), [[2.2, 1.1]], rtol=0, atol=1e-12)
+    # against the pmf: Σ_n n q(N_b = n | x), q enumerated with _q_prob_of on the fixture's h
+    h = torch.from_numpy(idata.constant_data["halting_prob"].values).double()
+    B = h.shape[0]
+    pmf_mean = torch.stack(
+        [
+            sum(n * D._q_prob_of(h[:, b : b + 1], torch.full((B, 1), n), [L])[:, 0] for n in range(1, L + 1))
+            for b, L in enumerate(UNITS)
+        ],
+        -1,
+    )
+    assert pmf_mean.std() > 0.1  # the fixture's heads are far from saturated: a real check
+    np.testing.assert_allclose(D.expected_units(idata), pmf_mean.numpy(), rtol=0, atol=1e-6)
+
+
+def test_error_auroc_matches_pairwise_count():
+    g = np.random.default_rng(0)
+    score = g.integers(0, 4, 40).astype(float)  # many ties
+    wrong = g.random(40) < 0.3
+    p, n = score[wrong][:, None], score[~wrong][None, :]
+    pairwise = ((p > n).mean() + 0.5 * (p == n).mean()).item()
+    assert D.error_auroc(score, wrong) == pytest.approx(pairwise, abs=1e-12)
+    assert D.error_auroc(np.ones(40), wrong) == 0.5  # a constant score ranks nothing
+    assert D.error_auroc(wrong.astype(float), wrong) == 1.0
+    assert np.isnan(D.error_auroc(score, np.zeros(40, dtype=bool)))
+    with pytest.raises(ValueError, match="score and wrong"):
+        D.error_auroc(score, wrong[:-1])
+
+
+def test_units_vs_uncertainty_reports_expected_units(idata):
+    a = D.units_vs_uncertainty(idata)
+    cd = idata.constant_data
+    wrong = cd["thresholded_pred"].values != cd["label"].values
+    expected = D.expected_units(idata).sum(1)
+    assert a["expected_units_wrong"] == pytest.approx(expected[wrong].mean())
+    assert a["error_auroc_expected_units"] == D.error_auroc(expected, wrong)
+    assert a["error_auroc_entropy"] == D.error_auroc(D.predictive_entropy(idata), wrong)
+    assert np.isfinite(a["spearman_expected_units_entropy"])
+
+
 def test_sampled_mismatch_matches_exact_probability():
     """Block 1 sees the same input in every draw, so P(N_1 ≠ N̂_1) = 1 - E_x q(N_1 = N̂_1 | x) exactly."""
     model, guide = _pair(std=1.0)
