@@ -63,7 +63,12 @@ nitpick_ignore_regex = [
 
 # -- the sweeps' plots (landing page, results page), copied in at build time -------------------------------
 (Path(__file__).parent / "_static").mkdir(exist_ok=True)
-for _name in ("tradeoff_cifar10_cpu", "tradeoff_cifar10_cpu_long", "tradeoff_cifar10_cpu_long_e45"):
+for _name in (
+    "tradeoff_cifar10_cpu",
+    "tradeoff_cifar10_cpu_long",
+    "tradeoff_cifar10_cpu_long_e45",
+    "tradeoff_cifar10_cpu_long_pilot25",
+):
     shutil.copyfile(ROOT / "results" / f"{_name}.png", Path(__file__).parent / "_static" / f"{_name}.png")
 
 # -- tutorials: the example notebooks, copied in at build time -------------------------------------------
