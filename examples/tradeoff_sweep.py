@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 
+from pact_pyro.diagnostics import error_auroc
 from pact_pyro.evaluate import evaluate
 from pact_pyro.train import TrainConfig, load_images, load_run, train
 
@@ -174,22 +175,13 @@ def _adaptivity(pred_csv: Path) -> dict:
         return float(t.mean()) if t.numel() else float("nan")
 
     return {
-        "error_auroc_units": _auroc(total[~correct], total[correct]),
+        "error_auroc_units": error_auroc(total.numpy(), (~correct).numpy()),
         "units_correct": mean(total[correct]),
         "units_wrong": mean(total[~correct]),
         "n_correct": int(correct.sum()),
         "n_wrong": int((~correct).sum()),
         "unit_patterns": len(patterns),
     }
-
-
-def _auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """P(a misclassified image runs more units than a correct one), ties counted half (Mann-Whitney AUROC):
-    how well the executed units predict an error (0.5: not at all; below 0.5: errors get fewer units)."""
-    if not pos.numel() or not neg.numel():
-        return float("nan")
-    p, n = pos.view(-1, 1), neg.view(1, -1)
-    return float(((p > n).double().mean() + 0.5 * (p == n).double().mean()).item())
 
 
 def evaluate_run(
