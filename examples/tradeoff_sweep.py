@@ -580,7 +580,8 @@ def control_bullets(controls: list[dict], rows: list[dict]) -> str:
 
 def plot(csv_path: Path, path: Path, title: str, controls: list[dict] | None = None) -> None:
     """The PNG of the sweep: :func:`pact_pyro.plots.plot_tradeoff` of the CSV (and the controls), written
-    atomically."""
+    atomically. The accuracy axis starts 3 points below the shallowest plain network: an operating point that
+    collapsed further (e.g. ACT at a large τ) sits on the bottom edge with its value written beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -588,7 +589,12 @@ def plot(csv_path: Path, path: Path, title: str, controls: list[dict] | None = N
 
     from pact_pyro.plots import plot_tradeoff, read_sweep
 
-    fig = plot_tradeoff(read_sweep(csv_path), title=title, controls=controls or ())
+    sweep = read_sweep(csv_path)
+    plain = (
+        sweep["accuracy"][sweep["method"] == "plain"] if "method" in sweep.columns else sweep["accuracy"][:0]
+    )
+    floor = 100 * float(plain.min()) - 3.0 if len(plain) else None
+    fig = plot_tradeoff(sweep, title=title, controls=controls or (), y_floor=floor)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

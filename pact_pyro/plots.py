@@ -246,6 +246,7 @@ def plot_tradeoff(
     threshold_value: float = 0.5,
     title: str | None = None,
     controls: Sequence[Mapping[str, Any]] = (),
+    y_floor: float | None = None,
 ) -> Figure:
     """Test accuracy against mean FLOPs per example: one line per ``method`` (or ``source``), error bars
     (standard deviation) where seeds repeat.
@@ -256,8 +257,13 @@ def plot_tradeoff(
 
     Points are annotated with ``τ`` (PACT/ACT) or the depth (plain networks). Each PACT model appears on its
     line once, at ``threshold_value``; its other test thresholds (a ``threshold`` column) are faded crosses.
-    Rows with a ``variant`` (a training setting changed at one τ, see ``examples/tradeoff_sweep.py``) are
-    separate labelled points (mean and standard deviation over their seeds), never part of a line.
+    Rows with a ``variant`` (a training setting changed, see ``examples/tradeoff_sweep.py``) are never part
+    of their method's line: a variant run at one τ is a labelled point (mean and standard deviation over its
+    seeds), one run at several τ a dashed line of its own, annotated with τ.
+
+    ``y_floor``: the lowest accuracy shown, in percent (default: all points). A point below it is drawn on
+    the bottom edge as a downward triangle with its accuracy written beside it, so that one collapsed
+    operating point does not squeeze the rest of the figure into a thin band.
     """
     import pandas as pd
 
@@ -279,6 +285,7 @@ def plot_tradeoff(
         group = "_line"
     keys = [c for c in ("depth", "tau") if c in df.columns]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    shown: list[tuple[float, float, str, str]] = []  # (x, accuracy %, colour, name) of every plotted point
     main = df[at_thr & (variant == "")]
     lines = list(main.groupby(group) if group else [("", main)])
     for i, (name, g) in enumerate(lines):
@@ -318,6 +325,7 @@ def plot_tradeoff(
                 fontsize=7,
                 color=color,
             )
+            shown.append((row["x"] / scale, 100 * row["y"], color, f"{name} {note}".strip()))
         other = df[(~at_thr) & (variant == "") & (df[group] == name)] if group else df.iloc[:0]
         if len(other):
             ax.scatter(
@@ -336,20 +344,43 @@ def plot_tradeoff(
 
     light = plt.get_cmap("tab20").colors[1::2]
     palette = [f"C{k}" for k in range(len(lines), 10)] + [to_hex(c) for c in light]
-    vkeys = [c for c in (group if group == "_line" else "method", "_variant", "tau") if c in vrows.columns]
+    vkeys = [c for c in (group if group == "_line" else "method", "_variant") if c in vrows.columns]
+    if "tau" not in vrows.columns:
+        vrows = vrows.assign(tau=float("nan"))
     for j, (key, g) in enumerate(vrows.groupby(vkeys, sort=False) if len(vrows) else []):
         key = dict(zip(vkeys, key if isinstance(key, tuple) else (key,), strict=True))
-        ax.errorbar(
-            g[xcol].mean() / scale,
-            100 * g["accuracy"].mean(),
-            xerr=(g[xcol].std() if len(g) > 1 else 0.0) / scale,
-            yerr=100 * (g["accuracy"].std() if len(g) > 1 else 0.0),
-            fmt="D",
-            ms=5,
-            capsize=3,
-            color=palette[j % len(palette)],
-            label=f"{key.get(vkeys[0], '')} τ={key.get('tau', float('nan')):g}, {key['_variant']}",
+        color = palette[j % len(palette)]
+        pts = (
+            g.groupby("tau", dropna=False, sort=False)
+            .agg(x=(xcol, "mean"), xs=(xcol, "std"), y=("accuracy", "mean"), ys=("accuracy", "std"))
+            .reset_index()
+            .sort_values("x")
         )
+        name = f"{key.get(vkeys[0], '')}, {key['_variant']}"
+        one = len(pts) == 1
+        ax.errorbar(
+            pts["x"] / scale,
+            100 * pts["y"],
+            xerr=pts["xs"].fillna(0) / scale,
+            yerr=100 * pts["ys"].fillna(0),
+            fmt="D" if one else "D--",
+            ms=5 if one else 4,
+            capsize=3,
+            color=color,
+            label=f"{key.get(vkeys[0], '')} τ={pts['tau'].iloc[0]:g}, {key['_variant']}" if one else name,
+        )
+        for _, row in pts.iterrows():
+            if not one:
+                xy = (row["x"] / scale, 100 * row["y"])
+                ax.annotate(
+                    f"τ={row['tau']:g}",
+                    xy,
+                    textcoords="offset points",
+                    xytext=(3, -9),
+                    fontsize=7,
+                    color=color,
+                )
+            shown.append((row["x"] / scale, 100 * row["y"], color, f"{name} τ={row['tau']:g}"))
     for k, c in enumerate(controls):
         ax.scatter(
             float(c["flops_mean"]) / scale,
@@ -360,6 +391,18 @@ def plot_tradeoff(
             zorder=5,
             label=f"control: {c['label']}",
         )
+    shown += [
+        (float(c["flops_mean"]) / scale, 100 * float(c["accuracy"]), "black", c["label"]) for c in controls
+    ]
+    below = [p for p in shown if y_floor is not None and p[1] < y_floor]
+    if below:
+        ax.set_ylim(bottom=y_floor)  # the top stays where autoscaling put it
+        for x, y, color, name in below:
+            ax.plot([x], [y_floor], marker="v", color=color, ms=7, clip_on=False, zorder=6)
+            note = f"{name}: {y:.1f} % (below the axis)"
+            ax.annotate(
+                note, (x, y_floor), textcoords="offset points", xytext=(6, 4), fontsize=7, color=color
+            )
     ax.set_xlabel("FLOPs / full network" if xcol == "flops_ratio" else "mean FLOPs per example (millions)")
     ax.set_ylabel("test accuracy (%)")
     title = title or f"accuracy vs computation (PACT at threshold {threshold_value:g})"

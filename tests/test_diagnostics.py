@@ -308,6 +308,34 @@ def fig_legend_inside(ax) -> bool:
     return frame.x0 <= box.x0 and box.x1 <= frame.x1
 
 
+def test_tradeoff_variant_curve_and_floor(tmp_path):
+    import matplotlib
+
+    csv = tmp_path / "sweep.csv"  # a variant at two τ (one dashed line), one at a single τ, a collapsed point
+    csv.write_text(
+        "method,variant,depth,tau,seed,accuracy,flops_mean\n"
+        "plain,,8,,0,0.83,2.4e7\nplain,,20,,0,0.88,8e7\n"
+        "act,,20,0.4,0,0.85,4.5e7\nact,,20,0.8,0,0.71,2.5e7\n"
+        "act,long,20,0.4,0,0.87,4.7e7\nact,long,20,0.2,0,0.875,5.6e7\nact,long,20,0.2,1,0.865,5.4e7\n"
+        "pact,long,20,0.1,0,0.872,5.1e7\n"
+    )
+    ax = P.plot_tradeoff(P.read_sweep(csv), y_floor=80.0).axes[0]
+    by_label = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    curve = by_label["act, long"].lines[0]  # τ 0.4, then τ 0.2 at its two seeds' mean, in FLOP order
+    np.testing.assert_allclose(curve.get_xydata(), [[47.0, 87.0], [55.0, 87.0]])
+    assert curve.get_linestyle() == "--"
+    np.testing.assert_allclose(by_label["pact τ=0.1, long"].lines[0].get_xydata(), [[51.0, 87.2]])
+    assert ax.get_ylim()[0] == 80.0
+    notes = [t.get_text() for t in ax.texts]
+    assert "act τ=0.8: 71.0 % (below the axis)" in notes
+    assert sum("below the axis" in n for n in notes) == 1
+    assert {"τ=0.4", "τ=0.2"} <= set(notes)  # the dashed line's points carry their τ
+    bottom = ax.get_ylim()[0]
+    free = P.plot_tradeoff(P.read_sweep(csv)).axes[0]  # no floor: every point inside the axes
+    assert free.get_ylim()[0] < 71.0 < bottom
+    matplotlib.pyplot.close("all")
+
+
 def test_report_cli_on_a_tiny_mnist_run(data_root, tmp_path):
     from pact_pyro.cli import main
     from pact_pyro.train import TrainConfig, train
