@@ -284,19 +284,24 @@ def plot_tradeoff(
         df["_line"] = df["method"].astype(str) + suffix
         group = "_line"
     keys = [c for c in ("depth", "tau") if c in df.columns]
+
+    def points(g: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+        """One point per ``by`` value (per row without ``by``): mean and standard deviation over seeds of the
+        FLOPs ``x`` and the accuracy ``y``, in FLOP order."""
+        if not by:
+            pts = pd.DataFrame({"x": g[xcol], "xs": float("nan"), "y": g["accuracy"], "ys": float("nan")})
+        else:
+            stats = dict(x=(xcol, "mean"), xs=(xcol, "std"), y=("accuracy", "mean"), ys=("accuracy", "std"))
+            pts = g.groupby(by, dropna=False).agg(**stats).reset_index()
+        return pts.sort_values("x")
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     shown: list[tuple[float, float, str, str]] = []  # (x, accuracy %, colour, name) of every plotted point
     main = df[at_thr & (variant == "")]
     lines = list(main.groupby(group) if group else [("", main)])
     for i, (name, g) in enumerate(lines):
         color = f"C{i}"
-        agg = (
-            g.groupby(keys, dropna=False)
-            .agg(x=(xcol, "mean"), xs=(xcol, "std"), y=("accuracy", "mean"), ys=("accuracy", "std"))
-            .reset_index()
-            if keys
-            else pd.DataFrame({"x": g[xcol], "xs": float("nan"), "y": g["accuracy"], "ys": float("nan")})
-        ).sort_values("x")
+        agg = points(g, keys)
         ax.errorbar(
             agg["x"] / scale,
             100 * agg["y"],
@@ -350,12 +355,7 @@ def plot_tradeoff(
     for j, (key, g) in enumerate(vrows.groupby(vkeys, sort=False) if len(vrows) else []):
         key = dict(zip(vkeys, key if isinstance(key, tuple) else (key,), strict=True))
         color = palette[j % len(palette)]
-        pts = (
-            g.groupby("tau", dropna=False, sort=False)
-            .agg(x=(xcol, "mean"), xs=(xcol, "std"), y=("accuracy", "mean"), ys=("accuracy", "std"))
-            .reset_index()
-            .sort_values("x")
-        )
+        pts = points(g, ["tau"])
         name = f"{key.get(vkeys[0], '')}, {key['_variant']}"
         one = len(pts) == 1
         ax.errorbar(
