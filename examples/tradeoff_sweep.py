@@ -461,8 +461,12 @@ def compare(rows: list[dict]) -> str:
         base = curve(BASELINE[method], stage, variant) or curve(BASELINE[method], stage)
         ref = 100 * _interp(x, base) if base else float("nan")
         pl = 100 * _interp(x, plain) if plain else float("nan")
+        # Below the baseline's FLOP range nothing interpolates, but if the baseline's accuracy does not fall
+        # as its FLOPs grow, it is at most its cheapest point's there: a lower bound of the margin.
+        cheapest = min(base) if base else (math.inf, math.nan)
+        bound = a - 100 * cheapest[1] if math.isnan(ref) and x < cheapest[0] else float("nan")
         if not variant:
-            margins.setdefault((stage or "main", method), []).append((tau, a - ref, a - pl, sd))
+            margins.setdefault((stage or "main", method), []).append((tau, a - ref, a - pl, sd, bound))
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
         auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
         lines.append(
@@ -506,14 +510,17 @@ def ab_bullets(groups: dict[tuple, list[dict]], curve) -> str:
     return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
-def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, float]]]) -> str:
+def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, float, float]]]) -> str:
     """Markdown bullets for issue 13's two criteria, per stage and adaptive method, from ``(τ, − baseline,
-    − plain, SE over seeds)`` of every operating point: the baseline margin at its worst (goal ≥ −0.3
-    points) and the plain-family margin at its best; points outside a curve's FLOP range are counted apart."""
+    − plain, SE over seeds, bound)`` of every operating point: the baseline margin at its worst (goal ≥ −0.3
+    points) and the plain-family margin at its best; points outside a curve's FLOP range are counted apart.
+    ``bound`` is, for a point cheaper than every baseline point, its margin over the baseline's cheapest point
+    (a lower bound of the margin if the baseline's accuracy does not fall as its FLOPs grow), else NaN."""
     out = []
     for (stage, method), pts in sorted(margins.items()):
-        base = [(d, t) for t, d, _, _ in pts if not math.isnan(d)]
-        plain = [(d, t, se) for t, _, d, se in pts if not math.isnan(d)]
+        base = [(d, t) for t, d, _, _, _ in pts if not math.isnan(d)]
+        plain = [(d, t, se) for t, _, d, se, _ in pts if not math.isnan(d)]
+        cheaper = [(b, t) for t, d, _, _, b in pts if math.isnan(d) and not math.isnan(b)]
         line = f"- {stage}, {method} ({len(pts)} τ): "
         if base:
             d, t = min(base)
@@ -524,6 +531,13 @@ def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, floa
             )
         else:
             line += f"no point inside {BASELINE[method]}'s FLOP range"
+        if cheaper:
+            b, t = min(cheaper)
+            line += (
+                f"; {len(cheaper)} point(s) cheaper than every {BASELINE[method]} point: against its "
+                f"cheapest point worst {b:+.2f} (τ {t:g}), a lower bound of the margin if "
+                f"{BASELINE[method]}'s accuracy does not fall as its FLOPs grow"
+            )
         if plain:
             d, t, se = max(plain)
             sd = "" if math.isnan(se) else f" ± {se:.2f} (SE over seeds)"

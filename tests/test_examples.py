@@ -248,6 +248,9 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         row("pact", 0.874, 60e6, tau=0.1, seed=1),
         row("pact", 0.890, 75e6, tau=0.05),  # ACT here: outside its range; plain 88.75 %
         row("pact", 0.885, 70.2e6, tau=0.07),  # 0.3 % above ACT's range: its end (88 %); plain 87.55 %
+        row("act", 0.85, 50e6, tau=0.4, stage="scratch"),  # from scratch, one τ each: no ACT curve, ...
+        row("act", 0.84, 55e6, tau=0.2, stage="scratch"),
+        row("pact", 0.845, 45e6, tau=0.1, stage="scratch"),  # ... cheaper than both: ≥ 84.5 − 85; plain 81.25
     ]
     variants = [  # A/B rows, judged on their own method's default curve at their FLOPs
         {**row("pact", 0.860, 65e6, tau=0.1), "variant": "relaxed"},  # default pact at 65 M: 87.84 %
@@ -276,6 +279,12 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
         "points inside its FLOP range; vs the plain family best +2.20 ± 0.20 (SE over seeds) (τ 0.1), ≥ 0 at "
         "3 of 3"
     ) in md
+    assert (
+        "- scratch, pact (1 τ): no point inside act's FLOP range; 1 point(s) cheaper than every act point: "
+        "against its cheapest point worst -0.50 (τ 0.1), a lower bound of the margin if act's accuracy "
+        "does not fall as its FLOPs grow; vs the plain family best +3.25 (τ 0.1), ≥ 0 at 1 of 1"
+    ) in md
+    assert "a lower bound" not in md.split("- scratch")[0]  # inside or above ACT's range: no bound
     # a sweep in progress (plain and ACT rows only) says so instead of an empty table
     assert S.compare(rows[:4]) == "No PACT or spatial-PACT run has finished yet: nothing to compare.\n"
 
