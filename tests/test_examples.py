@@ -468,3 +468,36 @@ def test_sweep_controls_are_read_plotted_and_held_against_the_plain_line(tmp_pat
     assert bare.axes[0].get_legend_handles_labels()[1] == ["control: static 1/2"]
     assert len(bare.axes[0].containers) == 1
     matplotlib.pyplot.close("all")
+
+
+def test_readme_python_blocks_run():
+    """Every ```python block of the README runs as written, in order, each in a fresh namespace, and does
+    what its comments say. One substitution: the torchvision block asks for ImageNet weights, which would
+    download; here it builds the same architecture with ``weights=None`` (``tests/test_torchvision.py``
+    checks the logits against torchvision's with every unit run)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 3, f"README has {len(blocks)} python blocks; list the new one here"
+    weights = "weights=ResNet50_Weights.IMAGENET1K_V2"
+    assert weights in blocks[1]
+    blocks[1] = blocks[1].replace(weights, "weights=None")
+    spaces = []
+    for code in blocks:
+        ns: dict = {}
+        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README is ours
+        spaces.append(ns)
+
+    quick, tv, lstm = spaces
+    r, lean, x = quick["result"], quick["lean"], quick["x"]
+    assert r.logits.shape == (32, 10) and r.units.shape == (32, 3) and r.flops.shape == (32,)
+    assert ((r.units >= 1) & (r.units <= 3)).all()
+    torch.testing.assert_close(lean.logits, r.logits, rtol=1e-5, atol=1e-5)  # "same result"
+    assert torch.equal(lean.units, r.units) and x.shape == (32, 1, 28, 28)
+    assert [len(layer) for layer in (tv["model"].backbone.layer1, tv["model"].backbone.layer4)] == [3, 3]
+    x, y = torch.randn(4, 5, 16), torch.randint(0, 2, (4,))  # parity-shaped: [B, T, 16], one label each
+    assert torch.isfinite(torch.tensor(lstm["svi"].step(x, y)))
+    assert sorted(n for n in lstm["guide"].trace.nodes if n.startswith("ponder_z_"))[:2] == [
+        "ponder_z_0", "ponder_z_1"
+    ]  # fmt: skip
