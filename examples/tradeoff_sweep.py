@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -64,6 +65,20 @@ FIELDS = [
 #: the adaptive methods a preset may list (per stage), each with its deterministic baseline for compare()
 ADAPTIVE = ("pact", "act", "spatial-pact", "sact")
 BASELINE = {"pact": "act", "spatial-pact": "sact"}
+
+
+class Margin(NamedTuple):
+    """One adaptive operating point's margins in accuracy points, as :func:`compare` passes them to
+    :func:`verdicts`: over its baseline (ACT, SACT) and over the plain family, each interpolated at its FLOPs
+    (NaN outside their range); ``bound``, for a point cheaper than every baseline point, its margin over the
+    baseline's cheapest point (a lower bound of ``base`` if the baseline's accuracy does not fall as its
+    FLOPs grow), else NaN."""
+
+    tau: float
+    base: float
+    plain: float
+    se: float  # standard error of the accuracy over seeds (NaN with one seed)
+    bound: float
 
 
 def plan(preset: dict) -> list[tuple[str, dict]]:
@@ -449,7 +464,7 @@ def compare(rows: list[dict]) -> str:
         "plain here | − plain | FLOP std / mean | unit patterns | units wrong / correct | error AUROC |"
     )
     lines = [head, "|" + "---|" * 14]
-    margins: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    margins: dict[tuple[str, str], list[Margin]] = {}
     for (stage, method, variant, tau, _), rs in sorted(groups.items()):
         if method not in BASELINE:
             continue
@@ -466,7 +481,7 @@ def compare(rows: list[dict]) -> str:
         cheapest = min(base) if base else (math.inf, math.nan)
         bound = a - 100 * cheapest[1] if math.isnan(ref) and x < cheapest[0] else float("nan")
         if not variant:
-            margins.setdefault((stage or "main", method), []).append((tau, a - ref, a - pl, sd, bound))
+            margins.setdefault((stage or "main", method), []).append(Margin(tau, a - ref, a - pl, sd, bound))
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
         auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
         lines.append(
@@ -510,17 +525,16 @@ def ab_bullets(groups: dict[tuple, list[dict]], curve) -> str:
     return ("\n" + "\n".join(out) + "\n") if out else ""
 
 
-def verdicts(margins: dict[tuple[str, str], list[tuple[float, float, float, float, float]]]) -> str:
-    """Markdown bullets for issue 13's two criteria, per stage and adaptive method, from ``(τ, − baseline,
-    − plain, SE over seeds, bound)`` of every operating point: the baseline margin at its worst (goal ≥ −0.3
-    points) and the plain-family margin at its best; points outside a curve's FLOP range are counted apart.
-    ``bound`` is, for a point cheaper than every baseline point, its margin over the baseline's cheapest point
-    (a lower bound of the margin if the baseline's accuracy does not fall as its FLOPs grow), else NaN."""
+def verdicts(margins: dict[tuple[str, str], list[Margin]]) -> str:
+    """Markdown bullets for issue 13's two criteria, per stage and adaptive method, from the :class:`Margin`
+    of every operating point: the baseline margin at its worst (goal ≥ −0.3 points) and the plain-family
+    margin at its best; points outside a curve's FLOP range are counted apart, those cheaper than every
+    baseline point with their bound."""
     out = []
     for (stage, method), pts in sorted(margins.items()):
-        base = [(d, t) for t, d, _, _, _ in pts if not math.isnan(d)]
-        plain = [(d, t, se) for t, _, d, se, _ in pts if not math.isnan(d)]
-        cheaper = [(b, t) for t, d, _, _, b in pts if math.isnan(d) and not math.isnan(b)]
+        base = [(m.base, m.tau) for m in pts if not math.isnan(m.base)]
+        plain = [(m.plain, m.tau, m.se) for m in pts if not math.isnan(m.plain)]
+        cheaper = [(m.bound, m.tau) for m in pts if not math.isnan(m.bound)]
         line = f"- {stage}, {method} ({len(pts)} τ): "
         if base:
             d, t = min(base)
