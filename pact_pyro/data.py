@@ -15,6 +15,7 @@ faster on 2 cores than a per-example ``DataLoader``. Decoded JPEGs are cached as
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,16 @@ def _load_jpeg_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     )
     labels = torch.tensor(ds.targets, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"images": images, "labels": labels}, tmp)
-    os.replace(tmp, cache)
+    # A name of its own per writer: two sweep workers decoding the same folder at once each rename
+    # a complete file onto the cache (the last one wins, both identical) instead of racing on one .tmp.
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"images": images, "labels": labels}, tmp)
+        os.replace(tmp, cache)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return images, labels
 
 

@@ -125,3 +125,27 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
                 (root / "train" / c / p.name).symlink_to(p)
         peaks[n] = _peak_rss_mib(root, n)
     assert peaks[2400] - peaks[240] < 25, peaks
+
+
+def test_two_writers_of_the_decoded_cifar_cache_do_not_collide(folder, tmp_path, monkeypatch):
+    """Two sweep workers decoding the CIFAR-10 JPEGs at once: the second finishing while the first is
+    still writing must leave both with the images and one complete cache file (they once shared a .tmp)."""
+    from pact_pyro import data
+
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")
+    real_save, nested = torch.save, []
+
+    def save_then_let_another_worker_finish(obj, f):
+        real_save(obj, f)
+        if not nested:  # the other worker decodes and renames its file while ours waits to be renamed
+            nested.append(None)
+            nested[0] = data._load_jpeg_folder(folder / "train")
+
+    monkeypatch.setattr(data.torch, "save", save_then_let_another_worker_finish)
+    images, labels = data._load_jpeg_folder(folder / "train")
+    assert images.shape == (36, 3, 32, 32) and torch.equal(labels, torch.arange(3).repeat_interleave(12))
+    assert torch.equal(nested[0][0], images) and torch.equal(nested[0][1], labels)
+    (cache,) = (tmp_path / "home" / ".cache" / "pact-pyro").iterdir()  # no .tmp left behind
+    assert cache.suffix == ".pt"
+    cached, _ = data._load_jpeg_folder(folder / "train")  # the third call reads the cache
+    assert torch.equal(cached, images)
