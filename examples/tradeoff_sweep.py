@@ -439,13 +439,19 @@ def _curve(groups: dict[tuple, list[dict]], method: str, stage: str, variant: st
     ]
 
 
+def _num(v: float, fmt: str) -> str:
+    """A table cell: ``v`` formatted, or an em dash where there is no value (NaN)."""
+    return "—" if math.isnan(v) else format(v, fmt)
+
+
 def compare(rows: list[dict]) -> str:
     """Markdown: every PACT and spatial-PACT operating point (threshold 0.5, mean ± SE over seeds) against its
     baseline of the same stage (ACT, SACT) and the plain depth family, both linearly interpolated at its mean
-    FLOPs (NaN outside their range), with adaptivity (FLOP std / mean, unit patterns, units of wrong vs
-    correct images, error AUROC). A variant is held against the baseline's curve of the same variant when the
-    baseline ran it (a 9-epoch PACT against 9-epoch ACT, not against the 3-epoch curve), else against the
-    baseline's default curve (an A/B of one PACT setting against ACT as shipped)."""
+    FLOPs ("—" outside their range; "≥ m", the ``bound`` below, for a point cheaper than every baseline
+    point), with adaptivity (FLOP std / mean, unit patterns, units of wrong vs correct images, error AUROC).
+    A variant is held against the baseline's curve of the same variant when the baseline ran it (a 9-epoch
+    PACT against 9-epoch ACT, not against the 3-epoch curve), else against the baseline's default curve (an
+    A/B of one PACT setting against ACT as shipped)."""
     import statistics as st
 
     groups = _operating_points(rows)
@@ -484,12 +490,14 @@ def compare(rows: list[dict]) -> str:
             margins.setdefault((stage or "main", method), []).append(Margin(tau, a - ref, a - pl, sd, bound))
         name = f"{stage or 'main'}{' / ' + variant if variant else ''}"
         auroc = st.fmean(float(r.get("error_auroc_units") or "nan") for r in rs)
+        # no interpolated value: "—", or the lower bound where the point is cheaper than every baseline point
+        vs_base = f"≥ {bound:+.2f}" if not math.isnan(bound) else _num(a - ref, "+.2f")
         lines.append(
             f"| {name} | {method} vs {BASELINE[method]} | {tau:g} | {len(rs)} | {a:.2f}{se} | "
-            f"{x / 1e6:.1f} | {ref:.2f} | {a - ref:+.2f} | {pl:.2f} | {a - pl:+.2f} | "
+            f"{x / 1e6:.1f} | {_num(ref, '.2f')} | {vs_base} | {_num(pl, '.2f')} | {_num(a - pl, '+.2f')} | "
             f"{mean(rs, 'flops_std_pct'):.1f} % | "
             f"{st.fmean(float(r['unit_patterns']) for r in rs):.0f} | "
-            f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {auroc:.3f} |"
+            f"{mean(rs, 'units_wrong'):.2f} / {mean(rs, 'units_correct'):.2f} | {_num(auroc, '.3f')} |"
         )
     return "\n".join(lines) + "\n" + verdicts(margins) + ab_bullets(groups, curve)
 

@@ -268,7 +268,9 @@ def test_sweep_compare_interpolates_baselines_and_states_the_verdicts():
     assert "temp (pact τ 0.1, 1 seed(s)): 86.00 % at 90.0 MFLOPs; outside the default pact curve's FLOP " \
         "range, its nearest point 89.00 % at 75.0 MFLOPs" in md  # fmt: skip
     assert "| finetune | pact vs act | 0.1 | 2 | 87.20 ± 0.20 | 60.0 | 86.00 | +1.20 | 85.00 | +2.20 |" in md
-    assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | nan | +nan | 88.75 | +0.25 |" in md
+    assert "| finetune | pact vs act | 0.05 | 1 | 89.00 | 75.0 | — | — | 88.75 | +0.25 |" in md
+    assert "| scratch | pact vs act | 0.1 | 1 | 84.50 | 45.0 | — | ≥ -0.50 | 81.25 | +3.25 |" in md
+    assert "nan" not in md
     assert "| finetune / long | pact vs act | 0.1 | 1 | 90.00 | 60.0 | 90.00 | +0.00 | 85.00 | +5.00 |" in md
     assert (
         "| finetune / relaxed | pact vs act | 0.1 | 1 | 86.00 | 65.0 | 87.00 | -1.00 |" in md
