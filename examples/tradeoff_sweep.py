@@ -305,7 +305,8 @@ def _run_sha(run_dir: Path) -> str:
 
 
 def code_commit() -> str:
-    """The commit of the code running the sweep (``+dirty`` with uncommitted changes), for the CSV."""
+    """The commit of the code running the sweep, for the CSV: ``+dirty`` with uncommitted changes outside
+    ``results/`` and ``runs/``, which the sweep writes itself (its CSV, table and plot are not code)."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -313,7 +314,7 @@ def code_commit() -> str:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
         )
-        status = ["git", "status", "--porcelain", "--", "."]
+        status = ["git", "status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude)runs"]
         dirty = subprocess.run(status, cwd=here.parent, capture_output=True, text=True).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "") if rev.returncode == 0 else "unknown"
     except OSError:

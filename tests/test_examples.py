@@ -503,3 +503,32 @@ def test_readme_python_blocks_run():
     x, y = torch.randn(4, 5, 16), torch.randint(0, 2, (4,))  # parity-shaped: [B, T, 16], one label each
     assert torch.isfinite(torch.tensor(lstm["svi"].step(x, y)))
     assert {ponder_halting_site(t) for t in range(5)} <= set(lstm["guide"].trace.nodes)
+
+
+def test_sweep_commit_is_dirty_for_code_not_for_its_own_results(tmp_path):
+    """The CSV's ``commit`` column: a clone whose only changes are the sweep's outputs (``results/``) is
+    clean; an edited source file makes it ``+dirty``."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "clone"
+    (repo / "examples").mkdir(parents=True)
+    (repo / "results").mkdir()
+    shutil.copy(EXAMPLES / "tradeoff_sweep.py", repo / "examples" / "tradeoff_sweep.py")
+    (repo / "results" / "sweep.csv").write_text("method\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(git + cmd, cwd=repo, check=True)
+    probe = [sys.executable, "-c", "import tradeoff_sweep as S; print(S.code_commit())"]
+
+    def commit() -> str:
+        return subprocess.run(probe, cwd=repo / "examples", capture_output=True, text=True, check=True).stdout
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert commit().strip() == head.stdout.strip()
+    (repo / "results" / "sweep.csv").write_text("method\npact\n")  # the sweep's own output
+    assert commit().strip() == head.stdout.strip()
+    (repo / "examples" / "tradeoff_sweep.py").write_text(
+        (repo / "examples" / "tradeoff_sweep.py").read_text() + "\n# edited\n"
+    )
+    assert commit().strip() == head.stdout.strip() + "+dirty"
