@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .diagnostics import class_units, import_arviz, predictive_entropy, reliability
+from .diagnostics import class_units, expected_units, import_arviz, predictive_entropy, reliability
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -31,6 +31,7 @@ __all__ = [
     "plot_reliability",
     "plot_units_vs_entropy",
     "plot_extreme_examples",
+    "extreme_order",
     "read_sweep",
     "plot_tradeoff",
     "ponder_map",
@@ -177,8 +178,22 @@ def plot_units_vs_entropy(idata, seed: int = 0) -> Figure:
     return fig
 
 
+def extreme_order(idata) -> np.ndarray:
+    """Examples from fewest to most units: by the thresholded total ``Σ_b N̂_b``, ties broken by the guide's
+    expected total ``Σ_b E_q[N_b | x]`` (:func:`~pact_pyro.diagnostics.expected_units`), then by position.
+
+    Without the tie-break, a model that runs the same units for every image (PACT at τ ≥ 0.1 on CIFAR-10)
+    would show the first and last images of the test set as its "fewest" and "most". Returns ``[example]``
+    indices into ``idata``'s ``example`` dimension.
+    """
+    total = idata.constant_data["thresholded_units"].values.sum(1)
+    expected = expected_units(idata).sum(1)
+    return np.lexsort((np.arange(len(total)), expected, total))
+
+
 def plot_extreme_examples(idata, images, k: int = 8, class_names: Sequence[str] | None = None) -> Figure:
-    """The ``k`` test images that took the fewest and the ``k`` that took the most thresholded units.
+    """The ``k`` test images that took the fewest and the ``k`` that took the most thresholded units, ties
+    broken by the guide's expected units ``E_q[N | x]`` (:func:`extreme_order`); each title gives both.
 
     :param images: uint8 or float ``[n, C, H, W]`` indexed by the ``example`` coordinate of ``idata``
         (e.g. ``TensorData.images`` of the evaluated set).
@@ -187,10 +202,11 @@ def plot_extreme_examples(idata, images, k: int = 8, class_names: Sequence[str] 
     cd = idata.constant_data
     ids = idata.constant_data["example"].values
     total = cd["thresholded_units"].values.sum(1)
-    order = np.argsort(total, kind="stable")
+    expected = expected_units(idata).sum(1)
+    order = extreme_order(idata)
     k = min(k, len(order))
     rows = [("fewest", order[:k]), ("most", order[::-1][:k])]
-    fig, axes = plt.subplots(2, k, figsize=(1.35 * k, 4.0), squeeze=False)
+    fig, axes = plt.subplots(2, k, figsize=(1.35 * k, 4.5), squeeze=False)
     for r, (title, idx) in enumerate(rows):
         for j, i in enumerate(idx):
             ax = axes[r, j]
@@ -202,15 +218,20 @@ def plot_extreme_examples(idata, images, k: int = 8, class_names: Sequence[str] 
             )
             lab, pred = int(cd["label"].values[i]), int(cd["thresholded_pred"].values[i])
             color = "k" if lab == pred else "#d62728"
+            label = f"y={_name(lab, class_names)}\npred {_name(pred, class_names)}"
             ax.set_title(
-                f"N={total[i]} y={_name(lab, class_names)}\npred {_name(pred, class_names)}",
+                f"N={total[i]} E={expected[i]:.3f}\n{label}",
                 fontsize=8,
                 color=color,
             )
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(f"{title} units", fontsize=9)
-    fig.suptitle("test images with the fewest (top) and most (bottom) units; red: misclassified", fontsize=10)
+    fig.suptitle(
+        "test images with the fewest (top) and most (bottom) units N (ties: expected units E = E_q[N | x]); "
+        "red: misclassified",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 

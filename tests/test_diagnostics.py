@@ -248,6 +248,22 @@ def test_bad_arguments_are_named():
         D.to_inference_data(model, guide, x)
 
 
+def test_extreme_examples_break_ties_by_the_guides_expected_units(idata):
+    """Fewest/most-unit images: by thresholded units, ties by E_q[N | x]; when every image runs the same units
+    (PACT at τ ≥ 0.1 on CIFAR-10) the order is the expected units' alone, not the test set's."""
+    total = idata.constant_data["thresholded_units"].values.sum(1)
+    expected = D.expected_units(idata).sum(1)
+    order = P.extreme_order(idata)
+    assert sorted(order.tolist()) == list(range(len(total)))
+    keys = list(zip(total[order], expected[order], strict=True))
+    assert keys == sorted(keys)
+    same = idata.copy()
+    same.constant_data["thresholded_units"][:] = 1  # every image the same units
+    np.testing.assert_array_equal(P.extreme_order(same), np.argsort(expected, kind="stable"))
+    np.testing.assert_array_equal(idata.constant_data["thresholded_units"].values.sum(1), total)  # a copy
+    assert len(np.unique(expected)) > len(expected) // 2  # the tie-break has something to rank by
+
+
 def test_plots_render(idata, tmp_path):
     images = torch.randint(0, 255, (24, 1, 8, 8), dtype=torch.uint8)
     figs = [
