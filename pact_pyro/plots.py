@@ -186,8 +186,15 @@ def extreme_order(idata) -> np.ndarray:
     would show the first and last images of the test set as its "fewest" and "most". Returns ``[example]``
     indices into ``idata``'s ``example`` dimension.
     """
-    total = idata.constant_data["thresholded_units"].values.sum(1)
-    expected = expected_units(idata).sum(1)
+    return _order_by_units(*_unit_totals(idata))
+
+
+def _unit_totals(idata) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: the thresholded total ``Σ_b N̂_b`` and the guide's expected total ``Σ_b E_q[N_b | x]``."""
+    return idata.constant_data["thresholded_units"].values.sum(1), expected_units(idata).sum(1)
+
+
+def _order_by_units(total: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(total)), expected, total))
 
 
@@ -201,9 +208,8 @@ def plot_extreme_examples(idata, images, k: int = 8, class_names: Sequence[str] 
     plt = _plt()
     cd = idata.constant_data
     ids = idata.constant_data["example"].values
-    total = cd["thresholded_units"].values.sum(1)
-    expected = expected_units(idata).sum(1)
-    order = extreme_order(idata)
+    total, expected = _unit_totals(idata)
+    order = _order_by_units(total, expected)
     k = min(k, len(order))
     rows = [("fewest", order[:k]), ("most", order[::-1][:k])]
     fig, axes = plt.subplots(2, k, figsize=(1.35 * k, 4.5), squeeze=False)
